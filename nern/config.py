@@ -1,0 +1,87 @@
+"""Training configuration: one pydantic model shared by the CLI, the library and the job API.
+
+Field names are the `nern fit` flag names (`--batch-size` ↔ `batch_size`), so a job spec and a
+command line say the same thing. Defaults are the bench configuration for CIFAR ResNets.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+Permute = Literal["none", "infilter", "crossfilter"]
+Device = Literal["auto", "cpu", "cuda"]
+
+
+class FitConfig(BaseModel):
+    """Everything that decides a NeRN fit. Checkpoints embed it, so a resume rebuilds the run."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    # target network
+    arch: str | None = Field(None, description="registered architecture; None = detect from the weights")
+    num_classes: int | None = Field(None, ge=1, description="None = read from the classifier's weights")
+
+    # representation (fixes the package size)
+    hidden: int = Field(180, ge=4, le=8192, description="predictor hidden width h")
+    layers: int = Field(5, ge=2, le=16, description="number of Linear layers in the predictor")
+    emb_levels: int = Field(40, ge=1, le=128, description="positional-embedding levels K (dim = 6K)")
+    emb_base: float = Field(0.76, gt=0.0, le=4.0, description="embedding frequency base b")
+    permute: Permute = Field("crossfilter", description="kernel permutation smoothing")
+
+    # optimisation
+    steps: int = Field(600, ge=1, le=10_000_000)
+    batch_size: int = Field(64, ge=1, le=4096, description="input images per step (distillation)")
+    kernel_batch_size: int = Field(
+        0, ge=0, description="kernels carrying gradients per step; 0 = all kernels every step"
+    )
+    repredict_every: int = Field(
+        1, ge=1, description="re-predict the no-grad kernels every N steps (with kernel_batch_size > 0)"
+    )
+    lr: float = Field(3e-3, gt=0.0, le=1.0)
+    min_lr: float = Field(1e-6, ge=0.0)
+    lr_warmup_steps: int = Field(50, ge=0, description="linear learning-rate warm-up")
+    optimizer: Literal["ranger", "adam"] = "ranger"
+    weight_decay: float = Field(0.0, ge=0.0)
+    betas: tuple[float, float] = (0.9, 0.999)
+    grad_clip: float = Field(1.0, ge=0.0, description="0 = no clipping")
+
+    # losses (NERN.md §3)
+    w_rec: float = Field(1.0, ge=0.0)
+    w_kd: float = Field(1.0, ge=0.0)
+    w_fmd: float = Field(0.1, ge=0.0)
+    distill_warmup_steps: int = Field(
+        0, ge=0, description="steps of reconstruction only before the distillation terms start"
+    )
+    rec_normalize: bool = Field(
+        True, description="reconstruction RMSE per layer on std-normalised kernels (else one global RMSE)"
+    )
+
+    # data
+    data: str = Field("cifar10", description="'cifar10' (shipped subset), 'noise', an .npz or an image folder")
+    eval_data: str | None = Field(None, description="labelled .npz for evaluation; None = none")
+    eval_every: int = Field(0, ge=0, description="evaluate every N steps; 0 = only at the end")
+    eval_limit: int | None = Field(None, ge=1, description="evaluate on the first N images only")
+    image_size: int | None = Field(None, ge=8, le=1024, description="None = the target's native size")
+    augment: bool = True
+
+    # run
+    seed: int = 0
+    device: Device = "auto"
+    threads: int | None = Field(None, ge=1, le=256, description="CPU threads; None = torch default")
+    checkpoint_every: int = Field(100, ge=0, description="save a resumable state every N steps; 0 = never")
+
+    @model_validator(mode="after")
+    def _check(self) -> FitConfig:
+        if self.min_lr > self.lr:
+            raise ValueError("min_lr must not exceed lr")
+        if self.w_rec == 0 and self.w_kd == 0 and self.w_fmd == 0:
+            raise ValueError("at least one of w_rec, w_kd, w_fmd must be positive")
+        if not all(0.0 <= b < 1.0 for b in self.betas):
+            raise ValueError("betas must lie in [0, 1)")
+        return self
+
+    @property
+    def embedding_dim(self) -> int:
+        return 6 * self.emb_levels

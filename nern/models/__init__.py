@@ -1,0 +1,1 @@
+"""Network definitions the registry can build."""
