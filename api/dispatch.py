@@ -1,0 +1,71 @@
+"""Sending jobs to the workers, and the sweeper that keeps the queue honest.
+
+The Celery message carries only the job id. If sending fails (broker down) the job stays
+`queued` with no `published_at`, and the sweeper sends it later. The sweeper also re-queues
+running jobs whose lease lapsed (their worker died) — or fails them after `max_attempts`.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+
+from celery import Celery
+
+from . import crud
+from .db import session_scope
+from .settings import Settings
+
+log = logging.getLogger("nern.api")
+
+
+class Dispatcher:
+    def __init__(self, settings: Settings) -> None:
+        from worker.celery_app import TASK_RUN_JOB, make_celery
+
+        self.settings = settings
+        self.task_name = TASK_RUN_JOB
+        self.celery: Celery = make_celery(settings)
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def publish(self, job_id: str, queue: str) -> bool:
+        """Send the job's message and record it; False (job left for the sweeper) on failure."""
+        try:
+            self.celery.send_task(self.task_name, args=[job_id], queue=queue, retry=False)
+        except Exception as e:
+            log.warning("could not send job %s to the broker (%s); will retry", job_id, e)
+            return False
+        with session_scope(self.settings.database_url) as session:
+            crud.mark_published(session, job_id)
+        return True
+
+    def sweep(self) -> None:
+        with session_scope(self.settings.database_url) as session:
+            changed = crud.expire_leases(session)
+        if changed:
+            log.info("lease sweep changed %d job(s)", changed)
+        with session_scope(self.settings.database_url) as session:
+            pending = crud.unpublished_jobs(session)
+        for job_id, queue in pending:
+            self.publish(job_id, queue)
+
+    def ping_broker(self) -> None:
+        with self.celery.connection_for_write() as conn:
+            conn.ensure_connection(max_retries=1, timeout=3)
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="nern-sweeper", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.settings.sweep_seconds):
+            try:
+                self.sweep()
+            except Exception:
+                log.exception("lease sweep failed")

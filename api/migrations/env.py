@@ -1,0 +1,20 @@
+"""Alembic environment: run with the connection `api.db.migrate` hands over."""
+
+from alembic import context
+
+from api.models import Base
+
+connection = context.config.attributes.get("connection")
+if connection is None:  # `alembic -c api/alembic.ini ...` from the command line
+    from api.db import get_engine
+    from api.settings import get_settings
+
+    connection = get_engine(get_settings().database_url).connect()
+
+context.configure(
+    connection=connection,
+    target_metadata=Base.metadata,
+    render_as_batch=connection.dialect.name == "sqlite",
+)
+with context.begin_transaction():
+    context.run_migrations()

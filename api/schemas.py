@@ -1,0 +1,104 @@
+"""Request and response models. The job spec *is* the library's FitConfig plus job-level fields."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from nern.config import FitConfig
+
+
+class JobSpec(FitConfig):
+    """What `POST /jobs` accepts in its `spec` part: every `nern fit` setting, plus job fields.
+
+    `data` / `eval_data` name 'cifar10' (the shipped training subset, `data` only), 'noise'
+    (`data` only), the name of an uploaded .npz part of the same request, or a file name in the
+    server's dataset folder. Paths on the server are refused.
+    """
+
+    name: str | None = Field(None, max_length=200, description="free label shown in lists")
+    compress: dict[str, Any] | None = Field(
+        None, description="compression settings; stored with the job, applied once the library has them"
+    )
+
+    def fit_config(self, **overrides: Any) -> FitConfig:
+        data = self.model_dump(exclude={"name", "compress"})
+        data.update(overrides)
+        return FitConfig.model_validate(data)
+
+
+class JobPublic(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: str
+    name: str | None
+    state: str
+    stage: str
+    progress: float = Field(description="0–1 over the whole job")
+    step: int
+    total_steps: int
+    eta_seconds: float | None
+    attempts: int
+    max_attempts: int
+    cancel_requested: bool
+    error: str | None
+    arch: str
+    queue: str
+    spec: dict[str, Any]
+    checkpoint_name: str
+    checkpoint_sha256: str
+    checkpoint_bytes: int
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    heartbeat_at: datetime | None
+    resumed_from_step: int | None
+    summary: dict[str, Any] | None
+
+
+class JobList(BaseModel):
+    items: list[JobPublic]
+    next_cursor: str | None
+
+
+class ArtifactPublic(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    name: str
+    size: int
+    sha256: str
+    media_type: str
+    created_at: datetime
+
+
+class ArtifactList(BaseModel):
+    items: list[ArtifactPublic]
+
+
+class MetricPointPublic(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    attempt: int
+    stage: str
+    step: int
+    lr: float | None
+    elapsed_s: float
+    losses: dict[str, float]
+
+
+class JobMetrics(BaseModel):
+    job_id: str
+    points: list[MetricPointPublic]
+
+
+class Problem(BaseModel):
+    """RFC 9457 problem details (`application/problem+json`)."""
+
+    type: str = "about:blank"
+    title: str
+    status: int
+    detail: str | None = None
+    instance: str | None = None
+    errors: list[dict[str, Any]] | None = Field(None, description="field errors of a 422")

@@ -1,0 +1,248 @@
+"""The checks a job submission passes before anything is stored, and storing it.
+
+Everything a user can get wrong is decided here, at submission, with a 422 naming the
+problem: the spec (pydantic, field by field), the checkpoint (read only by
+`nern.checkpoint.load_state_dict_bytes`: state_dicts and safetensors, never arbitrary
+pickles), whether it fits the named (or detected) architecture, and the data parts. A rejected
+submission leaves no row and no file: uploads are checked in a private staging folder that is
+moved into place only together with the row's commit.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import shutil
+import uuid
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from pydantic import ValidationError
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from nern.checkpoint import load_state_dict_bytes
+from nern.errors import CheckpointError, TargetError, UnsafeCheckpointError
+from nern.targets import load_target
+
+from . import crud
+from .models import Job
+from .problems import ProblemError, validation_detail
+from .schemas import JobSpec
+from .settings import Settings
+from .states import JobState, queue_for_device
+from .store import ArtifactStore
+from .uploads import Upload
+
+_PART_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}\.npz$")
+_CHECKPOINT_SUFFIXES = (".pt", ".pth", ".th", ".bin", ".ckpt", ".safetensors")
+_MAX_NPZ_ENTRIES = 64
+
+
+@dataclass
+class JobFiles:
+    checkpoint_name: str
+    checkpoint: bytes
+    spec_text: str
+    data_parts: dict[str, bytes]
+
+
+def _invalid(detail: str, kind: str = "invalid-upload", errors: list[dict[str, Any]] | None = None) -> ProblemError:
+    return ProblemError(422, detail, kind=kind, errors=errors)
+
+
+def collect_files(upload: Upload) -> JobFiles:
+    """Pick the `checkpoint`, `spec` and .npz parts out of a parsed upload."""
+    ckpt = upload.files.get("checkpoint")
+    if ckpt is None:
+        raise _invalid("missing the 'checkpoint' file part")
+    if "spec" in upload.fields:
+        spec_text = upload.fields["spec"]
+    elif "spec" in upload.files:
+        spec_text = upload.files["spec"].file.read().decode("utf-8", errors="replace")
+    else:
+        spec_text = "{}"
+    data_parts = {}
+    for name, f in upload.files.items():
+        if name in ("checkpoint", "spec"):
+            continue
+        if not _PART_NAME.match(name):
+            raise _invalid(f"unexpected part {name!r}: data parts are named like 'train.npz' ([A-Za-z0-9._-])")
+        data_parts[name] = f.file.read()
+    extra = next((n for n in upload.fields if n != "spec"), None)
+    if extra is not None:
+        raise _invalid(f"unexpected form field {extra!r}; send 'spec', 'checkpoint' and .npz parts")
+    name = Path(ckpt.filename or "checkpoint.pt").name[-200:] or "checkpoint.pt"
+    return JobFiles(name, ckpt.file.read(), spec_text, data_parts)
+
+
+def parse_spec(text: str) -> JobSpec:
+    try:
+        raw = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise _invalid(f"spec: not valid JSON ({e.msg} at line {e.lineno} column {e.colno})", "invalid-spec") from None
+    if not isinstance(raw, dict):
+        raise _invalid("spec: must be a JSON object", "invalid-spec")
+    try:
+        return JobSpec.model_validate(raw)
+    except ValidationError as e:
+        errors = [
+            {"loc": ["spec", *map(str, err["loc"])], "msg": err["msg"], "type": err["type"]} for err in e.errors()
+        ]
+        raise _invalid(validation_detail(errors), "invalid-spec", errors) from None
+
+
+def request_digest(files: JobFiles) -> str:
+    """Identity of a request for Idempotency-Key: checkpoint, spec (as parsed JSON), data parts."""
+    h = hashlib.sha256()
+    h.update(hashlib.sha256(files.checkpoint).digest())
+    try:
+        spec = json.dumps(json.loads(files.spec_text), sort_keys=True, separators=(",", ":"))
+    except json.JSONDecodeError:
+        spec = files.spec_text
+    h.update(spec.encode())
+    for name in sorted(files.data_parts):
+        h.update(name.encode() + b"\0" + hashlib.sha256(files.data_parts[name]).digest())
+    return h.hexdigest()
+
+
+def _check_npz(name: str, data: bytes, *, labelled: bool) -> None:
+    import io
+
+    try:
+        with zipfile.ZipFile(io.BytesIO(data)) as zf:
+            infos = zf.infolist()
+    except zipfile.BadZipFile:
+        raise _invalid(f"part {name!r} is not an .npz archive") from None
+    if len(infos) > _MAX_NPZ_ENTRIES or sum(i.file_size for i in infos) > 50 * len(data) + 2**20:
+        raise _invalid(f"part {name!r}: too many entries or too high an expansion ratio")
+    try:
+        with np.load(io.BytesIO(data), allow_pickle=False) as npz:
+            keys = set(npz.files)
+            images = npz["images"] if "images" in keys else None
+            labels = npz["labels"] if labelled and "labels" in keys else None
+    except Exception as e:
+        raise _invalid(f"part {name!r} cannot be read without pickle: {str(e)[:160]}") from None
+    if images is None or images.ndim != 4:
+        raise _invalid(f"part {name!r} needs an 'images' array [N, H, W, C]")
+    if labelled and (labels is None or labels.shape != (images.shape[0],)):
+        raise _invalid(f"part {name!r} is evaluation data and needs 'labels' [N] matching 'images'")
+
+
+def _resolve_data(
+    field: str, value: str | None, files: JobFiles, input_dir: Path, settings: Settings
+) -> str | None:
+    if value is None:
+        return None
+    if field == "data" and value in ("cifar10", "noise"):
+        return value
+    if value in files.data_parts:
+        _check_npz(value, files.data_parts[value], labelled=field == "eval_data")
+        return str(input_dir / value)
+    if "/" not in value and "\\" not in value and value not in ("", ".", "..") and settings.data_dir:
+        candidate = settings.data_dir / value
+        if candidate.is_file():
+            return str(candidate)
+    builtin = "'cifar10', 'noise', " if field == "data" else ""
+    raise _invalid(
+        f"spec.{field}: {value!r} is not {builtin}the name of an uploaded .npz part or a file in "
+        "the server's dataset folder (server paths are not accepted)",
+        "invalid-spec",
+    )
+
+
+def _check_checkpoint(files: JobFiles, arch: str | None) -> tuple[str, dict]:
+    if not files.checkpoint:
+        raise _invalid("the checkpoint part is empty", "invalid-checkpoint")
+    try:
+        state_dict = load_state_dict_bytes(files.checkpoint)
+    except UnsafeCheckpointError as e:
+        raise _invalid(str(e), "unsafe-checkpoint") from None
+    except CheckpointError as e:
+        raise _invalid(str(e), "invalid-checkpoint") from None
+    try:
+        _model, name, kwargs = load_target(state_dict, arch)
+    except TargetError as e:
+        raise _invalid(str(e), "checkpoint-mismatch") from None
+    return name, kwargs
+
+
+def submit_job(
+    session: Session,
+    store: ArtifactStore,
+    settings: Settings,
+    tenant_id: int,
+    files: JobFiles,
+    idempotency_key: str | None,
+) -> tuple[Job, bool]:
+    """Check and store a submission. Returns (job, created); created=False for a replay."""
+    digest = request_digest(files)
+    if idempotency_key is not None:
+        existing = crud.find_idempotent(session, tenant_id, idempotency_key)
+        if existing is not None:
+            return _replay(existing, digest), False
+
+    spec = parse_spec(files.spec_text)
+    job_id = uuid.uuid4().hex
+    input_dir = store.input_dir(job_id)
+    stored_spec = spec.model_dump(mode="json")
+    stored_spec["data"] = _resolve_data("data", spec.data, files, input_dir, settings)
+    stored_spec["eval_data"] = _resolve_data("eval_data", spec.eval_data, files, input_dir, settings)
+    unused = sorted(set(files.data_parts) - {spec.data, spec.eval_data})
+    if unused:
+        raise _invalid(f"part {unused[0]!r} is not named by spec.data or spec.eval_data")
+    arch, _kwargs = _check_checkpoint(files, spec.arch)
+
+    suffix = Path(files.checkpoint_name).suffix.lower()
+    stored_name = "checkpoint" + (suffix if suffix in _CHECKPOINT_SUFFIXES else ".pt")
+    staging = store.staging_dir()
+    try:
+        (staging / stored_name).write_bytes(files.checkpoint)
+        for name, data in files.data_parts.items():
+            (staging / name).write_bytes(data)
+        job = Job(
+            id=job_id, tenant_id=tenant_id, name=spec.name, arch=arch, queue=queue_for_device(spec.device),
+            spec=stored_spec, state=JobState.queued.value, stage="queued", progress=0.0, step=0,
+            total_steps=spec.steps, attempts=0, max_attempts=settings.max_attempts, cancel_requested=False,
+            created_at=crud.utcnow(), checkpoint_name=files.checkpoint_name,
+            checkpoint_sha256=hashlib.sha256(files.checkpoint).hexdigest(),
+            checkpoint_bytes=len(files.checkpoint), idempotency_key=idempotency_key, request_sha256=digest,
+        )
+        session.add(job)
+        session.flush()
+        store.commit_inputs(staging, job_id)
+        try:
+            session.commit()
+        except BaseException:
+            store.remove_job(job_id)
+            raise
+    except IntegrityError:
+        # Another request with the same Idempotency-Key won the race: answer with its job.
+        session.rollback()
+        shutil.rmtree(staging, ignore_errors=True)
+        existing = crud.find_idempotent(session, tenant_id, idempotency_key) if idempotency_key else None
+        if existing is None:
+            raise
+        return _replay(existing, digest), False
+    except BaseException:
+        session.rollback()
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return job, True
+
+
+def checkpoint_path(store: ArtifactStore, job: Job) -> Path:
+    """The stored upload of a job (the one file in its input folder named checkpoint.*)."""
+    return next(store.input_dir(job.id).glob("checkpoint.*"))
+
+
+def _replay(job: Job, digest: str) -> Job:
+    if job.request_sha256 != digest:
+        raise ProblemError(
+            422, "this Idempotency-Key was already used with a different request", kind="idempotency-key-reused"
+        )
+    return job

@@ -1,0 +1,51 @@
+"""The Celery application: broker from `NERN_BROKER_URL`, settings for long, repeatable jobs.
+
+    celery -A worker.celery_app worker -Q cpu,gpu      (or: nern worker --queues cpu,gpu)
+
+- acks_late + reject_on_worker_lost + prefetch 1: a message is acknowledged only when its task
+  ends, so a worker killed mid-job gives the job back instead of losing it. Redelivery has no
+  counter of its own: attempts are counted in the jobs table (`api.crud.claim_job`).
+- Redis visibility_timeout must exceed the longest job, or Redis hands a second copy to another
+  worker while the first still runs; the DB lease makes such a copy a no-op anyway.
+- No result backend: the jobs table holds every result.
+"""
+
+from __future__ import annotations
+
+from celery import Celery
+from kombu import Queue
+
+from api.settings import Settings, get_settings
+
+TASK_RUN_JOB = "nern.run_job"
+
+
+def make_celery(settings: Settings) -> Celery:
+    app = Celery("nern", broker=settings.broker_url, include=["worker.tasks"])
+    # visibility_timeout only means something to Redis/SQS; other transports refuse the option.
+    redis_like = settings.broker_url.startswith(("redis", "rediss", "sqs"))
+    transport = {"visibility_timeout": settings.visibility_timeout} if redis_like else {}
+    app.conf.update(
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        worker_prefetch_multiplier=1,
+        task_ignore_result=True,
+        result_backend=None,
+        task_default_queue="cpu",
+        task_queues=(Queue("cpu"), Queue("gpu")),
+        task_create_missing_queues=True,
+        broker_transport_options=transport,
+        result_backend_transport_options=transport,
+        broker_connection_retry_on_startup=True,
+        broker_connection_timeout=5,
+        worker_hijack_root_logger=False,
+        worker_send_task_events=False,
+        task_serializer="json",
+        accept_content=["json"],
+        # A job holds a worker for minutes or hours: no soft time limits, one job per process.
+        worker_max_tasks_per_child=50,
+    )
+    return app
+
+
+app = make_celery(get_settings())

@@ -1,0 +1,91 @@
+"""A worker's hold on a job: heartbeats that renew the DB lease and pick up cancel requests.
+
+The lease is renewed every `heartbeat_seconds` from a background thread. If the row says the
+job is no longer ours (the lease lapsed and another worker took it) or a cancel was
+requested, `should_stop()` turns True and nern.train.fit stops at its next step.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import time
+import uuid
+
+from api import crud
+from api.db import session_scope
+from api.settings import Settings
+
+log = logging.getLogger("nern.worker")
+
+
+def worker_identity() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+
+class Lease:
+    def __init__(self, settings: Settings, job_id: str, owner: str, attempt: int) -> None:
+        self.settings = settings
+        self.job_id = job_id
+        self.owner = owner
+        self.attempt = attempt
+        self.lost = False
+        self.cancel_requested = False
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._beat, name=f"lease-{job_id[:8]}", daemon=True)
+        self._last_progress = 0.0
+        self._last_stage = ""
+
+    def __enter__(self) -> Lease:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=10)
+
+    def should_stop(self) -> bool:
+        return self.lost or self.cancel_requested
+
+    def _beat(self) -> None:
+        while not self._stop.wait(self.settings.heartbeat_seconds):
+            try:
+                with session_scope(self.settings.database_url) as session:
+                    ours, cancel = crud.renew_lease(session, self.job_id, self.owner, self.settings.lease_seconds)
+            except Exception as e:  # a DB hiccup: keep trying until the lease really lapses
+                log.warning("heartbeat for job %s failed: %s", self.job_id, e)
+                continue
+            self._update(ours, cancel)
+
+    def _update(self, ours: bool, cancel: bool) -> None:
+        if not ours and not self.lost:
+            log.warning("lost the lease on job %s; stopping", self.job_id)
+        self.lost = self.lost or not ours
+        self.cancel_requested = self.cancel_requested or cancel
+
+    def report(
+        self,
+        stage: str,
+        *,
+        step: int = 0,
+        total_steps: int = 0,
+        eta_seconds: float | None = None,
+        losses: dict[str, float] | None = None,
+        lr: float | None = None,
+        elapsed_s: float = 0.0,
+    ) -> None:
+        """Write progress (throttled to `progress_seconds`, always on a stage change)."""
+        now = time.monotonic()
+        last = total_steps > 0 and step >= total_steps
+        if stage == self._last_stage and not last and now - self._last_progress < self.settings.progress_seconds:
+            return
+        self._last_stage, self._last_progress = stage, now
+        with session_scope(self.settings.database_url) as session:
+            ours = crud.record_progress(
+                session, self.job_id, self.owner, attempt=self.attempt, stage=stage, step=step,
+                total_steps=total_steps, eta_seconds=eta_seconds, losses=losses, lr=lr, elapsed_s=elapsed_s,
+            )
+            cancel = ours and crud.cancel_requested(session, self.job_id)
+        self._update(ours, cancel)

@@ -1,0 +1,124 @@
+"""The one task: run a job by id. It claims the job's lease, calls `nern.train.fit`, stores the
+results as artifacts and records the outcome — no NeRN logic of its own.
+
+Safe to run twice for one job (acks_late redelivery, a re-queued lease): the claim in the DB
+decides who runs, and fit resumes from the job's work folder.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from pathlib import Path
+from typing import Any
+
+from api import crud
+from api.db import session_scope
+from api.models import Job
+from api.schemas import JobSpec
+from api.settings import Settings, get_settings
+from api.states import JobState
+from api.store import ArtifactStore
+from api.submission import checkpoint_path
+
+from .celery_app import TASK_RUN_JOB, app
+from .lease import Lease, worker_identity
+
+log = logging.getLogger("nern.worker")
+
+
+@app.task(name=TASK_RUN_JOB)
+def run_job(job_id: str) -> str:
+    return execute(job_id, get_settings())
+
+
+def execute(job_id: str, settings: Settings) -> str:
+    """Run one job if this worker can claim it; returns the job's final state (or 'skipped')."""
+    owner = worker_identity()
+    with session_scope(settings.database_url) as session:
+        job = crud.claim_job(session, job_id, owner, settings.lease_seconds)
+    if job is None:
+        log.info("job %s is not claimable (finished, cancelled, or held by a live worker)", job_id)
+        return "skipped"
+    log.info("claimed job %s (attempt %d/%d)", job_id, job.attempts, job.max_attempts)
+    with Lease(settings, job_id, owner, job.attempts) as lease:
+        state, error = _run(job, settings, lease)
+    if lease.lost:
+        return "lost"
+    if state is not JobState.succeeded:
+        with session_scope(settings.database_url) as session:
+            crud.end_job(session, job_id, owner, state, error)
+    return state.value
+
+
+def _run(job: Job, settings: Settings, lease: Lease) -> tuple[JobState, str | None]:
+    from nern.errors import CancelledError, NernError
+
+    store = ArtifactStore(settings.artifact_root)
+    try:
+        from safetensors.torch import save_file
+
+        from nern import package as nern_package
+        from nern import train
+        from nern.checkpoint import load_state_dict
+
+        config = JobSpec.model_validate(job.spec).fit_config(arch=job.arch)
+        state_dict = load_state_dict(checkpoint_path(store, job))
+
+        def on_progress(p: train.Progress) -> None:
+            lease.report(
+                p.stage, step=p.step, total_steps=p.total_steps, eta_seconds=p.eta_s, losses=dict(p.losses) or None,
+                lr=p.lr, elapsed_s=p.elapsed_s,
+            )
+
+        work_dir = store.work_dir(job.id)
+        work_dir.mkdir(parents=True, exist_ok=True)
+        result = train.fit(
+            state_dict, config, work_dir=work_dir, on_progress=on_progress, should_stop=lease.should_stop,
+            source_sha256=job.checkpoint_sha256,
+        )
+        lease.report("compressing", step=config.steps, total_steps=config.steps)
+        summary = _jsonable(dict(result.summary))
+        artifacts = [
+            store.write_artifact(job.id, "predictor.nern", lambda p: nern_package.save_package(result.package, p)),
+            store.write_artifact(
+                job.id, "reconstructed.safetensors",
+                lambda p: save_file(
+                    {k: v.contiguous() for k, v in nern_package.reconstruct(result.package, state_dict).items()}, p
+                ),
+            ),
+        ]
+        summary["package_bytes"] = artifacts[0][1]
+        summary["checkpoint_bytes"] = job.checkpoint_bytes
+        artifacts.append(
+            store.write_artifact(job.id, "report.json", lambda p: Path(p).write_text(json.dumps(summary, indent=2)))
+        )
+        with session_scope(settings.database_url) as session:
+            ok = crud.finish_job(
+                session, job.id, lease.owner, summary=summary, artifacts=artifacts,
+                resumed_from_step=summary.get("resumed_from_step"),
+            )
+        if not ok:
+            lease.lost = True
+        return JobState.succeeded, None
+    except CancelledError:
+        return JobState.cancelled, None if lease.cancel_requested else "stopped: the lease was lost"
+    except NernError as e:
+        return JobState.failed, str(e)
+    except Exception as e:  # a bug, not the user's input: keep the trace in the worker's log
+        log.exception("job %s failed", job.id)
+        return JobState.failed, f"internal error: {type(e).__name__}: {str(e)[:300]}"
+
+
+def _jsonable(obj: Any) -> Any:
+    """Summary values as plain JSON (tensors and numpy scalars to numbers; NaN/Inf to null)."""
+    if isinstance(obj, dict):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_jsonable(v) for v in obj]
+    if hasattr(obj, "tolist"):
+        return _jsonable(obj.tolist())
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    return obj
