@@ -1,0 +1,58 @@
+"""Evaluation: top-1 of the original and the reconstruction, their agreement, weight errors."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import torch
+from torch import nn
+
+from .data import normalize
+from .reconstruct import run_with_weights
+
+
+@torch.no_grad()
+def evaluate_weights(
+    model: nn.Module,
+    weights: Mapping[str, torch.Tensor] | None,
+    images_u8: torch.Tensor,
+    labels: torch.Tensor,
+    *,
+    device: torch.device | str = "cpu",
+    batch_size: int = 500,
+) -> dict:
+    """Top-1 (percent) of `model` as is and with `weights` swapped in, and their agreement.
+
+    With weights=None only the original is scored.
+    """
+    model.eval()
+    n = images_u8.shape[0]
+    correct_o = correct_r = agree = 0
+    for s in range(0, n, batch_size):
+        x = normalize(images_u8[s : s + batch_size].to(device))
+        y = labels[s : s + batch_size].to(device)
+        po = model(x).argmax(1)
+        correct_o += int((po == y).sum())
+        if weights is not None:
+            pr = run_with_weights(model, weights, x).argmax(1)
+            correct_r += int((pr == y).sum())
+            agree += int((pr == po).sum())
+    out = {"original_top1": round(100.0 * correct_o / n, 2), "eval_images": n}
+    if weights is not None:
+        out["reconstructed_top1"] = round(100.0 * correct_r / n, 2)
+        out["agreement"] = round(100.0 * agree / n, 2)
+    return out
+
+
+def layer_errors(
+    predicted: Mapping[str, torch.Tensor], original: Mapping[str, torch.Tensor], total: bool = False
+) -> dict[str, float] | float:
+    """Relative error ‖W − Ŵ‖ / ‖W‖ per layer, or over all modeled weights with total=True."""
+    if total:
+        num = sum(float((predicted[k].float().cpu() - original[k].float()).square().sum()) for k in predicted)
+        den = sum(float(original[k].float().square().sum()) for k in predicted)
+        return round((num / max(den, 1e-30)) ** 0.5, 5)
+    return {
+        k: round(float((predicted[k].float().cpu() - original[k].float()).norm() / original[k].float().norm().clamp_min(1e-30)), 5)
+        for k in predicted
+    }

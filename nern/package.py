@@ -1,0 +1,203 @@
+"""The predictor package: one self-describing safetensors file.
+
+Tensors: the predictor's parameters (`predictor.*`), the per-layer output scales
+(`layer_scale`) and the bit-packed permutation indices (`perm.<layer>.<array>`, uint8).
+The safetensors header's metadata key `nern` holds JSON: format version, library version,
+target (arch + kwargs), predictor and embedding config, modeled layers, permutation layout,
+sha256 of the source checkpoint, the unmodeled tensors (copied from the original checkpoint
+at reconstruction: names and bytes) and the training summary.
+
+`reconstruct(package, original_state_dict)` regenerates every modeled kernel and returns a
+state_dict the original architecture loads with strict=True.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+from safetensors.torch import load as st_load
+from safetensors.torch import save as st_save
+
+from . import __version__
+from .embedding import embed_coordinates
+from .errors import PackageError
+from .permute import LayerPermutation, index_range, pack_indices, unpack_indices
+from .predictor import KernelPredictor
+from .reconstruct import KernelLayout, ModeledLayer
+from .targets import check_state_dict, create_target
+
+if TYPE_CHECKING:
+    from .train import NernRun
+
+FORMAT = "nern-package"
+FORMAT_VERSION = 1
+
+
+@dataclass
+class Package:
+    meta: dict
+    tensors: dict[str, torch.Tensor]
+
+    # ---- derived views ---------------------------------------------------------------------
+    def layers(self) -> list[ModeledLayer]:
+        return [ModeledLayer(d["name"], tuple(d["shape"])) for d in self.meta["layers"]]
+
+    def permutations(self) -> dict[str, LayerPermutation] | None:
+        perm = self.meta.get("permutation")
+        if not perm:
+            return None
+        out = {}
+        for layer, arrays in perm["arrays"].items():
+            out[layer] = LayerPermutation(
+                perm["kind"],
+                {
+                    name: unpack_indices(
+                        self.tensors[f"perm.{layer}.{name}"].numpy().tobytes(), spec["n"], int(np.prod(spec["shape"]))
+                    ).reshape(spec["shape"])
+                    for name, spec in arrays.items()
+                },
+            )
+        return out
+
+    def layout(self) -> KernelLayout:
+        perms = self.permutations()
+        layers = self.layers()
+        return KernelLayout(layers, None if perms is None else [perms[ly.name].path() for ly in layers])
+
+    def predictor(self) -> KernelPredictor:
+        p = self.meta["predictor"]
+        model = KernelPredictor(p["in_dim"], p["hidden"], p["layers"], p["kernel_size"])
+        state = {k[len("predictor."):]: v.float() for k, v in self.tensors.items() if k.startswith("predictor.")}
+        model.load_state_dict(state, strict=True)
+        return model.eval()
+
+    def size_report(self) -> dict:
+        """Bytes of everything the package stores, and of what it borrows from the original."""
+        pred = sum(t.numel() * t.element_size() for k, t in self.tensors.items() if k.startswith("predictor."))
+        perm = sum(t.numel() for k, t in self.tensors.items() if k.startswith("perm."))
+        other = sum(
+            t.numel() * t.element_size()
+            for k, t in self.tensors.items()
+            if not k.startswith(("predictor.", "perm."))
+        )
+        return {
+            "predictor_bytes": pred,
+            "permutation_bytes": perm,
+            "other_tensor_bytes": other,
+            "package_bytes": len(self.to_bytes()),
+            "modeled_fp32_bytes": 4 * sum(int(np.prod(d["shape"])) for d in self.meta["layers"]),
+            "unmodeled_bytes": self.meta["unmodeled"]["bytes"],
+        }
+
+    def to_bytes(self) -> bytes:
+        return st_save(self.tensors, metadata={"nern": json.dumps(self.meta, sort_keys=True)})
+
+
+def build_package(run: NernRun, summary: dict) -> Package:
+    """Assemble the package of a finished (or interrupted) run."""
+    tensors = {f"predictor.{k}": v.detach().cpu().contiguous() for k, v in run.predictor.state_dict().items()}
+    tensors["layer_scale"] = run.layer_scale.detach().cpu().float()
+    perm_meta = None
+    if run.permutations is not None:
+        arrays_meta: dict[str, dict] = {}
+        for name, perm in run.permutations.items():
+            arrays_meta[name] = {}
+            for aname, arr in perm.arrays.items():
+                n = index_range(aname, arr)
+                packed = pack_indices(arr, n)
+                tensors[f"perm.{name}.{aname}"] = torch.frombuffer(bytearray(packed), dtype=torch.uint8)
+                arrays_meta[name][aname] = {"n": n, "shape": list(arr.shape)}
+        perm_meta = {"kind": run.config.permute, "arrays": arrays_meta}
+    modeled = set(run.layout.names)
+    unmodeled = {k: v for k, v in run.original.items() if k not in modeled}
+    cfg = run.config
+    meta = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "library_version": __version__,
+        "target": {"arch": run.arch, "kwargs": run.arch_kwargs},
+        "predictor": {
+            "in_dim": run.embedding.shape[1],
+            "hidden": cfg.hidden,
+            "layers": cfg.layers,
+            "kernel_size": run.layout.k_max,
+        },
+        "embedding": {"levels": cfg.emb_levels, "base": cfg.emb_base},
+        "layers": [{"name": ly.name, "shape": list(ly.shape)} for ly in run.layout.layers],
+        "permutation": perm_meta,
+        "source_sha256": run.source_sha256,
+        "unmodeled": {
+            "names": sorted(unmodeled),
+            "bytes": sum(t.numel() * t.element_size() for t in unmodeled.values()),
+        },
+        "config": cfg.model_dump(mode="json"),
+        "summary": summary,
+    }
+    return Package(meta=meta, tensors=tensors)
+
+
+def save_package(package: Package, path: str | os.PathLike) -> int:
+    """Write atomically; returns the file's size in bytes."""
+    path = Path(path)
+    data = package.to_bytes()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+    return len(data)
+
+
+def load_package_bytes(data: bytes) -> Package:
+    try:
+        tensors = st_load(data)
+        header_len = int.from_bytes(data[:8], "little")
+        header = json.loads(data[8 : 8 + header_len])
+        meta = json.loads(header["__metadata__"]["nern"])
+    except Exception as e:
+        raise PackageError(f"not a NeRN package: {str(e)[:160]}") from None
+    if meta.get("format") != FORMAT:
+        raise PackageError("not a NeRN package (missing format marker)")
+    if meta.get("format_version", 0) > FORMAT_VERSION:
+        raise PackageError(
+            f"package format {meta['format_version']} is newer than this library reads ({FORMAT_VERSION}); upgrade nern"
+        )
+    return Package(meta=meta, tensors=tensors)
+
+
+def load_package(path: str | os.PathLike) -> Package:
+    p = Path(path)
+    if not p.is_file():
+        raise PackageError(f"package not found: {p}")
+    return load_package_bytes(p.read_bytes())
+
+
+@torch.no_grad()
+def predict_weights(package: Package) -> dict[str, torch.Tensor]:
+    """Regenerate every modeled kernel of the package, in the original layout."""
+    layout = package.layout()
+    emb = embed_coordinates(layout.coords, package.meta["embedding"]["levels"], package.meta["embedding"]["base"])
+    scale = package.tensors["layer_scale"][layout.layer_of_row].unsqueeze(1)
+    rows = package.predictor()(emb) * scale
+    return layout.to_weights(rows)
+
+
+def reconstruct(package: Package, original_state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The original state_dict with every modeled kernel replaced by the predictor's."""
+    target = package.meta["target"]
+    model = create_target(target["arch"], **target["kwargs"])
+    try:
+        check_state_dict(model, original_state_dict, target["arch"])
+    except Exception as e:
+        raise PackageError(f"the checkpoint does not belong to this package: {e}") from None
+    out = {k: v.clone() for k, v in original_state_dict.items()}
+    for name, w in predict_weights(package).items():
+        if name not in out or tuple(out[name].shape) != tuple(w.shape):
+            raise PackageError(f"the checkpoint's {name!r} does not match the package's layer")
+        out[name] = w.to(out[name].dtype).contiguous()
+    return out

@@ -1,0 +1,45 @@
+"""Fixtures: one running service per database backend (SQLite embedded, PostgreSQL + Redis),
+each with a `cpu` worker, and API keys of two tenants."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import httpx
+import pytest
+from harness import Deployment, create_pg_database, drop_pg_database, flush_redis
+
+
+@dataclass
+class Service:
+    deployment: Deployment
+    key_a: str
+    key_b: str
+    backend: str
+
+    def client(self, key: str | None = "a") -> httpx.Client:
+        return self.deployment.client({"a": self.key_a, "b": self.key_b}.get(key, key) if key else None)
+
+
+@pytest.fixture(
+    scope="session",
+    params=["sqlite", pytest.param("postgres", marks=[pytest.mark.postgres, pytest.mark.redis])],
+)
+def service(request, tmp_path_factory) -> Service:
+    home = tmp_path_factory.mktemp(f"service-{request.param}")
+    pg_name = None
+    if request.param == "postgres":
+        pg_name = create_pg_database()
+        flush_redis(11)
+        dep = Deployment(home, database_url=f"postgresql+psycopg://postgres@127.0.0.1:5432/{pg_name}",
+                         broker_url="redis://127.0.0.1:6379/11", max_upload_bytes=4 * 2**20)
+    else:
+        dep = Deployment(home, max_upload_bytes=4 * 2**20)
+    try:
+        dep.start_api()
+        dep.start_worker("cpu")
+        yield Service(dep, dep.create_key("tenant-a"), dep.create_key("tenant-b"), request.param)
+    finally:
+        dep.stop()
+        if pg_name:
+            drop_pg_database(pg_name)
