@@ -13,9 +13,9 @@ from nern.config import FitConfig
 class JobSpec(FitConfig):
     """What `POST /jobs` accepts in its `spec` part: every `nern fit` setting, plus job fields.
 
-    `data` / `eval_data` name 'cifar10' (the shipped training subset, `data` only), 'noise'
-    (`data` only), the name of an uploaded .npz part of the same request, or a file name in the
-    server's dataset folder. Paths on the server are refused.
+    `data` / `eval_data` name 'cifar10' (the shipped training subset), 'cifar10-test' (the test
+    set), 'noise' (`data` only), the name of an uploaded .npz part of the same request, or a
+    file name in the server's dataset folder (NERN_DATA_DIR). Paths on the server are refused.
     """
 
     name: str | None = Field(None, max_length=200, description="free label shown in lists")

@@ -41,6 +41,8 @@ from .uploads import Upload
 _PART_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}\.npz$")
 _CHECKPOINT_SUFFIXES = (".pt", ".pth", ".th", ".bin", ".ckpt", ".safetensors")
 _MAX_NPZ_ENTRIES = 64
+# Names the library resolves itself (nern.data): the shipped CIFAR-10 subsets, and noise.
+BUILTIN_DATA = {"data": ("cifar10", "cifar10-test", "noise"), "eval_data": ("cifar10", "cifar10-test")}
 
 
 @dataclass
@@ -138,7 +140,7 @@ def _resolve_data(
 ) -> str | None:
     if value is None:
         return None
-    if field == "data" and value in ("cifar10", "noise"):
+    if value in BUILTIN_DATA[field]:
         return value
     if value in files.data_parts:
         _check_npz(value, files.data_parts[value], labelled=field == "eval_data")
@@ -147,7 +149,7 @@ def _resolve_data(
         candidate = settings.data_dir / value
         if candidate.is_file():
             return str(candidate)
-    builtin = "'cifar10', 'noise', " if field == "data" else ""
+    builtin = "".join(f"{b!r}, " for b in BUILTIN_DATA[field])
     raise _invalid(
         f"spec.{field}: {value!r} is not {builtin}the name of an uploaded .npz part or a file in "
         "the server's dataset folder (server paths are not accepted)",

@@ -27,7 +27,7 @@ REDIS_URL = "redis://127.0.0.1:6379"
 # Tiny jobs: the suite runs on two shared CPU cores.
 TINY_SPEC: dict[str, Any] = {
     "arch": "resnet20", "steps": 3, "batch_size": 8, "hidden": 16, "emb_levels": 4, "eval_limit": 200,
-    "eval_data": "cifar10_test.npz", "threads": 1, "checkpoint_every": 1, "permute": "none",
+    "eval_data": "cifar10-test", "threads": 1, "checkpoint_every": 1, "permute": "none",
 }
 TERMINAL = ("succeeded", "failed", "cancelled")
 
@@ -69,11 +69,8 @@ class Deployment:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         env = {k: v for k, v in os.environ.items() if not k.startswith("NERN_")}
-        pythonpath = [str(REPO)]
-        if not _library_has_fit():
-            pythonpath.insert(0, str(REPO / "tests" / "worker" / "_shim"))
         env.update(
-            PYTHONPATH=os.pathsep.join(pythonpath),
+            PYTHONPATH=str(REPO),
             NERN_HOME=str(home),
             NERN_DATA_DIR=str(SHARED_DATA),
             NERN_LEASE_SECONDS="6",
@@ -158,14 +155,6 @@ class Deployment:
     def client(self, key: str | None) -> httpx.Client:
         headers = {"Authorization": f"Bearer {key}"} if key else {}
         return httpx.Client(base_url=self.url, headers=headers, timeout=60)
-
-
-def _library_has_fit() -> bool:
-    try:
-        import nern.train  # noqa: F401
-    except ImportError:
-        return False
-    return True
 
 
 def submit(client: httpx.Client, spec: dict[str, Any] | None = None, checkpoint: bytes | Path = RESNET20,
