@@ -18,9 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import torch
-from torch import nn
 
 from .config import FitConfig
 from .data import InputSource, load_images
@@ -73,6 +71,8 @@ class NernRun:
     def __init__(self, state_dict: dict[str, torch.Tensor], config: FitConfig, source_sha256: str | None,
                  on_progress: Callable[[Progress], None] | None = None):
         self.config = config
+        if config.threads:
+            torch.set_num_threads(config.threads)
         self.device = resolve_device(config.device)
         self.source_sha256 = source_sha256
         kwargs = {"num_classes": config.num_classes} if config.num_classes else {}
@@ -166,7 +166,7 @@ class NernRun:
         else:
             l_rec = reconstruction_loss(rows, target, mask)
         loss = cfg.w_rec * l_rec
-        out = {"rec": float(l_rec)}
+        out = {"rec": l_rec.item()}
 
         if self.distill and self.step >= cfg.distill_warmup_steps:
             if idx is None:
@@ -185,11 +185,11 @@ class NernRun:
             if cfg.w_kd > 0:
                 l_kd = distillation_loss(s_logits, t_logits)
                 loss = loss + cfg.w_kd * l_kd
-                out["kd"] = float(l_kd)
+                out["kd"] = l_kd.item()
             if cfg.w_fmd > 0:
                 l_fmd = feature_map_loss(s_maps, t_maps)
                 loss = loss + cfg.w_fmd * l_fmd
-                out["fmd"] = float(l_fmd)
+                out["fmd"] = l_fmd.item()
 
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -197,7 +197,7 @@ class NernRun:
             torch.nn.utils.clip_grad_norm_(self.predictor.parameters(), cfg.grad_clip)
         self.optimizer.step()
         self.step += 1
-        out["loss"] = float(loss)
+        out["loss"] = loss.item()
         out["lr"] = lr
         if not all(math.isfinite(v) for v in out.values()):
             raise ConfigError(f"training diverged at step {self.step} (non-finite loss); lower lr")
@@ -246,8 +246,10 @@ def load_eval_data(config: FitConfig, image_size: int) -> tuple[torch.Tensor, to
     images, labels = load_images(config.eval_data, image_size)
     if labels is None:
         raise ConfigError(f"eval_data {config.eval_data!r} has no labels; evaluation needs a labelled .npz")
-    if config.eval_limit:
-        images, labels = images[: config.eval_limit], labels[: config.eval_limit]
+    if config.eval_limit and config.eval_limit < len(labels):
+        # Files may be class-major: take a fixed random subset, not the first N.
+        keep = torch.randperm(len(labels), generator=torch.Generator().manual_seed(1234))[: config.eval_limit]
+        images, labels = images[keep], labels[keep]
     return images, labels
 
 
@@ -268,8 +270,6 @@ def fit(
     is not counted as training time). `time_budget_s` ends training early once that much
     training time has passed (the schedule still runs over `config.steps`).
     """
-    if config.threads:
-        torch.set_num_threads(config.threads)
     run = NernRun(state_dict, config, source_sha256, on_progress)
     state_path = Path(work_dir) / STATE_FILE if work_dir is not None else None
     if state_path is not None and state_path.is_file():
@@ -334,11 +334,4 @@ def fit(
     return FitResult(package=package, summary=summary)
 
 
-def set_deterministic_threads(n: int | None) -> None:
-    if n:
-        torch.set_num_threads(n)
-
-
 __all__ = ["FitResult", "NernRun", "Progress", "fit", "resolve_device"]
-
-_ = (np, nn)  # re-exported types used in annotations by callers

@@ -1,0 +1,114 @@
+"""Job lifecycle with real Celery workers over Redis: durable cancel, kill -9 and resume,
+lease expiry up to max attempts, retry, and queue routing to a gpu worker."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+from harness import TINY_SPEC, submit, wait_done, wait_for
+
+pytestmark = pytest.mark.redis
+
+LONG = {**TINY_SPEC, "steps": 100_000, "checkpoint_every": 10}  # runs until stopped
+
+
+def _running_past(step: int):
+    return lambda j: j["state"] == "running" and j["step"] >= step
+
+
+def test_cancel_running_job_stops_within_a_few_steps(deployment, key):
+    w = deployment.start_worker("cpu", "w-cancel")
+    try:
+        with deployment.client(key) as c:
+            jid = submit(c, LONG).json()["id"]
+            wait_for(c, jid, _running_past(3), timeout=120)
+            r = c.post(f"/jobs/{jid}/cancel")
+            assert r.status_code == 202 and r.json()["cancel_requested"] is True
+            t0 = time.monotonic()
+            job = wait_done(c, jid, timeout=30)
+            assert job["state"] == "cancelled" and time.monotonic() - t0 < 10
+            stopped_at = job["step"]
+            assert 3 <= stopped_at < 1000
+            time.sleep(1.5)
+            assert c.get(f"/jobs/{jid}").json()["step"] == stopped_at  # nothing runs on
+            assert c.get(f"/jobs/{jid}/artifacts").json()["items"] == []
+    finally:
+        deployment.kill(w)
+
+
+def test_cancelled_queued_job_never_starts(deployment, key):
+    with deployment.client(key) as c:
+        jid = submit(c, {**TINY_SPEC, "device": "cuda"}).json()["id"]  # gpu queue: no worker yet
+        assert c.post(f"/jobs/{jid}/cancel").json()["state"] == "cancelled"
+        w = deployment.start_worker("gpu", "w-gpu-cancelled")
+        try:
+            deadline = time.monotonic() + 60
+            while "not claimable" not in deployment.log("w-gpu-cancelled.log"):
+                assert time.monotonic() < deadline, deployment.log("w-gpu-cancelled.log")
+                time.sleep(0.5)
+        finally:
+            deployment.kill(w)
+        job = c.get(f"/jobs/{jid}").json()
+        assert (job["state"], job["attempts"], job["started_at"]) == ("cancelled", 0, None)
+
+
+def test_gpu_job_goes_to_the_gpu_worker(deployment, key):
+    with deployment.client(key) as c:
+        jid = submit(c, {**TINY_SPEC, "device": "cuda"}).json()["id"]
+        w = deployment.start_worker("gpu", "w-gpu")
+        try:
+            job = wait_done(c, jid, timeout=90)
+        finally:
+            deployment.kill(w)
+    assert job["queue"] == "gpu" and job["attempts"] == 1
+    assert "claimed job " + jid in deployment.log("w-gpu.log")
+    # This machine has no CUDA: the library refuses, and the job fails with its one-line reason.
+    assert job["state"] == "failed" and "CUDA" in job["error"]
+
+
+def test_worker_killed_mid_job_resumes_on_another_worker(deployment, key):
+    spec = {**TINY_SPEC, "steps": 240, "checkpoint_every": 10}
+    w1 = deployment.start_worker("cpu", "w-kill-1")
+    with deployment.client(key) as c:
+        jid = submit(c, spec).json()["id"]
+        wait_for(c, jid, _running_past(25), timeout=120)
+        deployment.kill(w1)  # kill -9 the worker and its pool process
+        killed_at = c.get(f"/jobs/{jid}").json()["step"]
+        w2 = deployment.start_worker("cpu", "w-kill-2")
+        try:
+            job = wait_done(c, jid, timeout=240)
+        finally:
+            deployment.kill(w2)
+        points = c.get(f"/jobs/{jid}/metrics", params={"max_points": 5000}).json()["points"]
+    assert job["state"] == "succeeded", job
+    assert job["attempts"] == 2
+    resumed = job["resumed_from_step"]
+    assert resumed > 0 and resumed % 10 == 0 and resumed <= killed_at
+    assert job["summary"]["resumed_from_step"] == resumed and job["summary"]["steps"] == 240
+    second = [p["step"] for p in points if p["attempt"] == 2 and p["stage"] == "training"]
+    assert second[0] == resumed + 1 and second[-1] == 240
+
+
+def test_job_fails_after_max_attempts_of_lost_workers_then_retry_succeeds(deployment, key):
+    spec = {**TINY_SPEC, "steps": 150, "checkpoint_every": 10}
+    with deployment.client(key) as c:
+        jid = submit(c, spec).json()["id"]
+        for attempt in (1, 2):  # the deployment allows 2 attempts
+            w = deployment.start_worker("cpu", f"w-lost-{attempt}")
+            wait_for(c, jid, lambda j, a=attempt: j["attempts"] == a and j["state"] == "running" and j["step"] >= 3,
+                     timeout=120)
+            deployment.kill(w)
+        job = wait_for(c, jid, lambda j: j["state"] != "running", timeout=30)  # lease 6 s, sweep 1 s
+        assert job["state"] == "failed" and job["attempts"] == 2
+        assert "lease expired" in job["error"] and "gave up" in job["error"]
+
+        r = c.post(f"/jobs/{jid}/retry")
+        assert r.status_code == 202 and r.json()["attempts"] == 0 and r.json()["error"] is None
+        w = deployment.start_worker("cpu", "w-retry")
+        try:
+            job = wait_done(c, jid, timeout=240)
+        finally:
+            deployment.kill(w)
+    assert job["state"] == "succeeded" and job["attempts"] == 1
+    assert job["resumed_from_step"] > 0  # the retry picked up the saved training state
