@@ -96,7 +96,7 @@ def test_job_fails_after_max_attempts_of_lost_workers_then_retry_succeeds(deploy
         jid = submit(c, spec).json()["id"]
         for attempt in (1, 2):  # the deployment allows 2 attempts
             w = deployment.start_worker("cpu", f"w-lost-{attempt}")
-            wait_for(c, jid, lambda j, a=attempt: j["attempts"] == a and j["state"] == "running" and j["step"] >= 3,
+            wait_for(c, jid, lambda j, a=attempt: j["attempts"] == a and j["state"] == "running" and j["step"] >= 12,
                      timeout=120)
             deployment.kill(w)
         job = wait_for(c, jid, lambda j: j["state"] != "running", timeout=30)  # lease 6 s, sweep 1 s
