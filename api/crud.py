@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
-from sqlalchemy import and_, func, or_, select, update
+from sqlalchemy import Engine, RowMapping, Text, and_, bindparam, cast, func, or_, select, update
 from sqlalchemy.orm import Session
 
 from .models import ApiKey, Artifact, Job, MetricPoint, Tenant
@@ -86,6 +86,22 @@ def tenant_for_key(session: Session, plain: str) -> int | None:
 def get_job(session: Session, tenant_id: int, job_id: str) -> Job | None:
     """A tenant's job, or None — also for another tenant's job (the API answers 404 for both)."""
     return session.scalar(select(Job).where(Job.id == job_id, Job.tenant_id == tenant_id))
+
+
+# The status endpoint's hot path reads the public columns without the ORM, and the JSON
+# columns as their stored text, which goes into the response without a decode/encode round.
+_PRIVATE = ("tenant_id", "lease_owner", "lease_expires_at", "published_at", "idempotency_key", "request_sha256")
+_JSON_COLUMNS = ("spec", "summary")
+_JOB_BY_ID = select(
+    *(c for c in Job.__table__.c if c.name not in _PRIVATE + _JSON_COLUMNS),
+    *(cast(Job.__table__.c[name], Text).label(name) for name in _JSON_COLUMNS),
+).where(Job.__table__.c.id == bindparam("job_id"), Job.__table__.c.tenant_id == bindparam("tenant_id"))
+
+
+def job_row(engine: Engine, tenant_id: int, job_id: str) -> RowMapping | None:
+    """A tenant's job as one row: public columns, with `spec` and `summary` as JSON text."""
+    with engine.connect() as conn:
+        return conn.execute(_JOB_BY_ID, {"job_id": job_id, "tenant_id": tenant_id}).mappings().first()
 
 
 def find_idempotent(session: Session, tenant_id: int, key: str) -> Job | None:

@@ -29,7 +29,9 @@ class JobSpec(FitConfig):
         return FitConfig.model_validate(data)
 
 
-class JobPublic(BaseModel):
+class JobStatus(BaseModel):
+    """JobPublic without its two JSON documents (the status route splices those in as stored)."""
+
     model_config = ConfigDict(from_attributes=True)
 
     id: str
@@ -46,7 +48,6 @@ class JobPublic(BaseModel):
     error: str | None
     arch: str
     queue: str
-    spec: dict[str, Any]
     checkpoint_name: str
     checkpoint_sha256: str
     checkpoint_bytes: int
@@ -55,7 +56,11 @@ class JobPublic(BaseModel):
     finished_at: datetime | None
     heartbeat_at: datetime | None
     resumed_from_step: int | None
-    summary: dict[str, Any] | None
+
+
+class JobPublic(JobStatus):
+    spec: dict[str, Any] = Field(description="the job spec as stored (data parts point at their stored files)")
+    summary: dict[str, Any] | None = Field(description="results: top-1 accuracies, agreement, sizes, timings")
 
 
 class JobList(BaseModel):

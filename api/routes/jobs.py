@@ -10,11 +10,19 @@ from fastapi.responses import StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
 from .. import crud
-from ..db import get_sessionmaker
+from ..db import get_engine, get_sessionmaker
 from ..deps import SessionDep, SettingsDep, TenantDep
 from ..models import Job
 from ..problems import ProblemError
-from ..schemas import ArtifactList, ArtifactPublic, JobList, JobMetrics, JobPublic, MetricPointPublic
+from ..schemas import (
+    ArtifactList,
+    ArtifactPublic,
+    JobList,
+    JobMetrics,
+    JobPublic,
+    JobStatus,
+    MetricPointPublic,
+)
 from ..submission import collect_files, submit_job
 from ..uploads import read_upload
 
@@ -38,6 +46,21 @@ def _job_response(job: Job, status: int = 200, headers: dict[str, str] | None = 
     # Serialise once with pydantic and hand back bytes: no second validation pass by FastAPI.
     body = JobPublic.model_validate(job).model_dump_json()
     return Response(body, status_code=status, media_type="application/json", headers=headers)
+
+
+# Registered first: routes are matched in order, and pollers hit this one most.
+@router.get("/{job_id}", response_model=JobPublic, summary="A job's state, stage, progress and results")
+async def get_job(job_id: str, request: Request, tenant_id: TenantDep) -> Response:
+    # Every poller and dashboard hits this. It is one primary-key lookup (~0.1 ms on SQLite in
+    # WAL mode, where readers never wait for writers), run inline: a thread-pool hop would cost
+    # more than the query. The key check is cached (deps.KeyCache).
+    row = crud.job_row(get_engine(request.app.state.settings.database_url), tenant_id, job_id)
+    if row is None:
+        raise _not_found(job_id)
+    head = JobStatus.model_validate(row).model_dump_json().encode()
+    body = b"".join((head[:-1], b',"spec":', row["spec"].encode(), b',"summary":',
+                     (row["summary"] or "null").encode(), b"}"))
+    return Response(body, media_type="application/json")
 
 
 @router.post(
@@ -98,11 +121,6 @@ def list_jobs(
     )
     body = JobList(items=[JobPublic.model_validate(j) for j in jobs], next_cursor=nxt.encode() if nxt else None)
     return Response(body.model_dump_json(), media_type="application/json")
-
-
-@router.get("/{job_id}", response_model=JobPublic, summary="A job's state, stage, progress and results")
-def get_job(job_id: str, session: SessionDep, tenant_id: TenantDep) -> Response:
-    return _job_response(_job_or_404(session, tenant_id, job_id))
 
 
 @router.post("/{job_id}/cancel", response_model=JobPublic, summary="Cancel (durable: stored in the DB)")
