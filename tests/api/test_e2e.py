@@ -5,6 +5,7 @@ agreement we compute ourselves equal the ones the job reported."""
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 
 import numpy as np
@@ -17,14 +18,27 @@ from nern.checkpoint import load_state_dict
 from nern.package import load_package_bytes, reconstruct
 from nern.targets import create_target
 
-SPEC = {**TINY_SPEC, "steps": 4, "name": "e2e"}
+# Evaluation data of our own choosing, uploaded as an npz part: 200 random test images.
+SPEC = {**TINY_SPEC, "steps": 4, "name": "e2e", "eval_data": "eval.npz", "eval_limit": None}
 
 
-def _top1(model: torch.nn.Module, n: int) -> tuple[np.ndarray, np.ndarray]:
-    """Predictions and labels on the first n test images, preprocessed as the checkpoints were
-    trained (shared/data/README.md): [0, 1] then ImageNet mean/std, no resize."""
+def _eval_set() -> tuple[np.ndarray, np.ndarray]:
     with np.load(SHARED_DATA / "cifar10_test.npz") as d:
-        images, labels = d["images"][:n], d["labels"][:n]
+        keep = np.sort(np.random.default_rng(7).choice(len(d["labels"]), 200, replace=False))
+        return d["images"][keep], d["labels"][keep]
+
+
+def _eval_npz() -> bytes:
+    images, labels = _eval_set()
+    buf = io.BytesIO()
+    np.savez(buf, images=images, labels=labels)
+    return buf.getvalue()
+
+
+def _top1(model: torch.nn.Module) -> tuple[np.ndarray, np.ndarray]:
+    """Predictions and labels on our evaluation images, preprocessed as the checkpoints were
+    trained (shared/data/README.md): [0, 1] then ImageNet mean/std, no resize."""
+    images, labels = _eval_set()
     x = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255.0
     mean = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
     std = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
@@ -36,7 +50,7 @@ def _top1(model: torch.nn.Module, n: int) -> tuple[np.ndarray, np.ndarray]:
 @pytest.fixture(scope="module")
 def finished(service):
     with service.client() as c:
-        r = submit(c, SPEC)
+        r = submit(c, SPEC, extra_files={"eval.npz": ("eval.npz", _eval_npz())})
         assert r.status_code == 202, r.text
         job = wait_done(c, r.json()["id"])
     assert job["state"] == "succeeded", (job, service.deployment.log("worker.log"))
@@ -85,11 +99,11 @@ def test_artifacts_download_and_reconstruct_to_the_reported_accuracy(service, fi
     # The predictor really replaced the convolutions (they are not the original weights).
     assert not torch.equal(rebuilt["layer1.0.conv1.weight"], original["layer1.0.conv1.weight"])
 
-    n = finished["summary"]["eval_images"]
-    pred_r, labels = _top1(model, n)
+    assert finished["summary"]["eval_images"] == 200
+    pred_r, labels = _top1(model)
     reference = create_target("resnet20")
     reference.load_state_dict(original, strict=True)
-    pred_o, _ = _top1(reference, n)
+    pred_o, _ = _top1(reference)
     s = finished["summary"]
     assert round(100.0 * float((pred_r == labels).mean()), 2) == s["reconstructed_top1"]
     assert round(100.0 * float((pred_o == labels).mean()), 2) == s["original_top1"]
