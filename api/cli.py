@@ -105,7 +105,7 @@ def _settings(args: argparse.Namespace):
 
 
 def _client_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--server", help=f"API URL (default: $NERN_SERVER or {'http://127.0.0.1:8000'})")
+    p.add_argument("--server", help="API URL (default: $NERN_SERVER or http://127.0.0.1:8000)")
     p.add_argument("--api-key", help="API key (default: $NERN_API_KEY)")
 
 

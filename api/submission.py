@@ -11,6 +11,7 @@ moved into place only together with the row's commit.
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import re
 import shutil
@@ -113,8 +114,6 @@ def request_digest(files: JobFiles) -> str:
 
 
 def _check_npz(name: str, data: bytes, *, labelled: bool) -> None:
-    import io
-
     try:
         with zipfile.ZipFile(io.BytesIO(data)) as zf:
             infos = zf.infolist()

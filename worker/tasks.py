@@ -13,6 +13,8 @@ import math
 from pathlib import Path
 from typing import Any
 
+from sqlalchemy.exc import InterfaceError, OperationalError
+
 from api import crud
 from api.db import session_scope
 from api.models import Job
@@ -28,7 +30,10 @@ from .lease import Lease, worker_identity
 log = logging.getLogger("nern.worker")
 
 
-@app.task(name=TASK_RUN_JOB)
+# A database that cannot be reached while claiming: retry the message later (with back-off)
+# rather than acknowledge it and leave the job queued with no message to run it.
+@app.task(name=TASK_RUN_JOB, autoretry_for=(OperationalError, InterfaceError), retry_backoff=True,
+          retry_backoff_max=120, max_retries=None)
 def run_job(job_id: str) -> str:
     return execute(job_id, get_settings())
 
