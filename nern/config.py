@@ -45,6 +45,9 @@ class FitConfig(BaseModel):
     optimizer: Literal["ranger", "adam"] = "ranger"
     weight_decay: float = Field(0.0, ge=0.0)
     betas: tuple[float, float] = (0.9, 0.999)
+    amp: bool = Field(
+        False, description="bf16 autocast for the predictor's matrix products (CPU with AVX512-BF16, or CUDA)"
+    )
     grad_clip: float = Field(1.0, ge=0.0, description="0 = no clipping")
 
     # losses (NERN.md §3)

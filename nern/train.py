@@ -140,6 +140,12 @@ class NernRun:
     def predicted_weights(self) -> dict[str, torch.Tensor]:
         return self.layout.to_weights(self.predict_rows())
 
+    def _predict(self, embedding: torch.Tensor) -> torch.Tensor:
+        """Predictor forward with gradients; bf16 matrix products when config.amp."""
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.config.amp):
+            out = self.predictor(embedding)
+        return out.float()
+
     def _sample_kernels(self, n: int) -> torch.Tensor:
         total = self.layout.num_kernels
         if torch.rand((), generator=self.gen).item() < MAGNITUDE_BATCH_PROB:
@@ -154,12 +160,12 @@ class NernRun:
             g["lr"] = lr
         kb = cfg.kernel_batch_size
         if kb == 0 or kb >= self.layout.num_kernels:
-            pred = self.predictor(self.embedding) * self.row_scale
+            pred = self._predict(self.embedding) * self.row_scale
             idx = None
             rows, target, mask, scale = pred, self.targets, self.mask, self.row_scale
         else:
             idx = self._sample_kernels(kb).to(self.device)
-            pred_b = self.predictor(self.embedding[idx]) * self.row_scale[idx]
+            pred_b = self._predict(self.embedding[idx]) * self.row_scale[idx]
             rows, target, mask, scale = pred_b, self.targets[idx], self.mask[idx], self.row_scale[idx]
         if cfg.rec_normalize:
             l_rec = reconstruction_loss(rows / scale, target / scale, mask)
