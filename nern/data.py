@@ -17,11 +17,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .assets import ASSETS
 from .errors import DataError
 
 MEAN = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
 STD = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
-ASSETS = Path(__file__).resolve().parent / "assets"
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp"}
 
 _NAMED = {
