@@ -34,7 +34,9 @@ def get_engine(url: str) -> Engine:
         engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
         event.listen(engine, "connect", _sqlite_pragmas)
     else:
-        engine = create_engine(url, pool_size=10, max_overflow=20, pool_pre_ping=True)
+        # No pre-ping: it would double the round trips of every status poll; stale connections are
+        # recycled instead (pool_recycle) and PostgreSQL drops idle ones only after hours.
+        engine = create_engine(url, pool_size=10, max_overflow=20, pool_recycle=300)
     return engine
 
 
