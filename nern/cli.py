@@ -203,6 +203,12 @@ def cmd_targets(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_demo(args: argparse.Namespace) -> int:
+    from api.demo import run_demo
+
+    return run_demo(args.stop, steps=args.steps, port=args.port)
+
+
 # ---- entry point ---------------------------------------------------------------------------
 
 def build_parser() -> argparse.ArgumentParser:
@@ -234,6 +240,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("targets", help="list the registered architectures")
     p.set_defaults(func=cmd_targets)
+
+    p = sub.add_parser("demo", help="start the embedded service, fit the shipped ResNet20 through it, "
+                                    "print the accuracies")
+    p.add_argument("--steps", type=int, default=600, help="training steps (default 600: a few minutes)")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--stop", action="store_true", help="stop the service afterwards instead of leaving it running")
+    p.set_defaults(func=cmd_demo)
 
     for module in ("nern.cli_compression", "api.cli"):
         try:
