@@ -7,6 +7,17 @@ target (arch + kwargs), predictor and embedding config, modeled layers, permutat
 sha256 of the source checkpoint, the unmodeled tensors (copied from the original checkpoint
 at reconstruction: names and bytes) and the training summary.
 
+Compressed predictors (format version 2, written by `nern.compress`): `meta["predictor"]
+["encoding"]` lists, per predictor parameter, its shape, storage dtype and whether it is sparse:
+  - "fp32" / "fp16": `predictor.<name>` in that dtype;
+  - "int8": `predictor.<name>.q` (int8) and `predictor.<name>.scale` (float32, one per output
+    row: value = q · scale, symmetric per-channel quantisation);
+  - sparse: the stored values' non-zeros only (`predictor.<name>` or `.q` holds them in
+    row-major order) and `predictor.<name>.mask`, the non-zero bitmask packed 8 per byte
+    (little-endian bit order).
+`Package.predictor()` always decodes to a float32 `KernelPredictor`. Packages without an
+encoding are version 1 and are written exactly as before.
+
 `reconstruct(package, original_state_dict)` regenerates every modeled kernel and returns a
 state_dict the original architecture loads with strict=True.
 """
@@ -36,7 +47,9 @@ if TYPE_CHECKING:
     from .train import NernRun
 
 FORMAT = "nern-package"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 1  # plain float predictor (what `build_package` writes)
+ENCODED_FORMAT_VERSION = 2  # predictor stored with an encoding (quantised and/or sparse)
+PREDICTOR_DTYPES = ("fp32", "fp16", "int8")
 
 
 @dataclass
@@ -73,7 +86,10 @@ class Package:
     def predictor(self) -> KernelPredictor:
         p = self.meta["predictor"]
         model = KernelPredictor(p["in_dim"], p["hidden"], p["layers"], p["kernel_size"])
-        state = {k[len("predictor."):]: v.float() for k, v in self.tensors.items() if k.startswith("predictor.")}
+        if p.get("encoding"):
+            state = decode_predictor_state(self.tensors, p["encoding"])
+        else:
+            state = {k[len("predictor."):]: v.float() for k, v in self.tensors.items() if k.startswith("predictor.")}
         model.load_state_dict(state, strict=True)
         return model.eval()
 
@@ -86,11 +102,14 @@ class Package:
             for k, t in self.tensors.items()
             if not k.startswith(("predictor.", "perm."))
         )
+        package_bytes = len(self.to_bytes())
         return {
             "predictor_bytes": pred,
             "permutation_bytes": perm,
             "other_tensor_bytes": other,
-            "package_bytes": len(self.to_bytes()),
+            # safetensors header: tensor index + JSON metadata (needed to read the package)
+            "header_bytes": package_bytes - pred - perm - other,
+            "package_bytes": package_bytes,
             "modeled_fp32_bytes": 4 * sum(int(np.prod(d["shape"])) for d in self.meta["layers"]),
             "unmodeled_bytes": self.meta["unmodeled"]["bytes"],
         }
@@ -142,6 +161,91 @@ def build_package(run: NernRun, summary: dict) -> Package:
     return Package(meta=meta, tensors=tensors)
 
 
+# ---- compressed predictor storage ---------------------------------------------------------
+
+def quantize_int8(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Symmetric per-channel (per output row) int8 quantisation: weight ≈ q · scale[:, None].
+
+    scale = max|row| / 127 (1 for an all-zero row), q = round(weight / scale) in [−127, 127];
+    so every element's error is at most scale / 2.
+    """
+    w = weight.detach().float().reshape(weight.shape[0], -1) if weight.dim() > 1 else weight.detach().float()[:, None]
+    amax = w.abs().amax(dim=1)
+    scale = torch.where(amax > 0, amax / 127.0, torch.ones_like(amax))
+    q = torch.round(w / scale[:, None]).clamp(-127, 127).to(torch.int8)
+    return q.reshape(weight.shape), scale
+
+
+def dequantize_int8(q: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    return (q.float().reshape(q.shape[0], -1) * scale.float()[:, None]).reshape(q.shape)
+
+
+_TORCH_DTYPE = {"fp32": torch.float32, "fp16": torch.float16, "int8": torch.int8}
+
+
+def encode_predictor_state(
+    state: dict[str, torch.Tensor], dtype: str = "fp32", sparse: bool | None = None
+) -> tuple[dict[str, torch.Tensor], dict]:
+    """Predictor parameters → (package tensors `predictor.*`, meta["predictor"]["encoding"]).
+
+    dtype applies to the weight matrices; 1-D parameters (biases) are stored as fp32 when
+    dtype is "fp32" and as fp16 otherwise. sparse=None stores a tensor sparsely (non-zero
+    values + bitmask) when that is smaller, True always, False never. Lossless given dtype:
+    decoding returns exactly the (quantised) values, zeros included.
+    """
+    if dtype not in PREDICTOR_DTYPES:
+        raise PackageError(f"unknown predictor dtype {dtype!r} (use {', '.join(PREDICTOR_DTYPES)})")
+    tensors: dict[str, torch.Tensor] = {}
+    entries: dict[str, dict] = {}
+    for name, t in state.items():
+        t = t.detach().cpu().float()
+        kind = dtype if t.dim() >= 2 else ("fp32" if dtype == "fp32" else "fp16")
+        key = f"predictor.{name}"
+        if kind == "int8":
+            stored, scale = quantize_int8(t)
+            tensors[f"{key}.scale"] = scale.contiguous()
+            key = f"{key}.q"
+        else:
+            stored = t.to(_TORCH_DTYPE[kind])
+        nz = (stored != 0).reshape(-1)
+        nnz, numel, item = int(nz.sum()), stored.numel(), stored.element_size()
+        use_sparse = sparse if sparse is not None else nnz * item + (numel + 7) // 8 < numel * item
+        if use_sparse:
+            tensors[key] = stored.reshape(-1)[nz].contiguous()
+            bits = np.packbits(nz.numpy(), bitorder="little")
+            tensors[f"predictor.{name}.mask"] = torch.from_numpy(bits.copy())
+        else:
+            tensors[key] = stored.contiguous()
+        entries[name] = {"shape": list(t.shape), "dtype": kind, "sparse": bool(use_sparse)}
+    return tensors, {"dtype": dtype, "tensors": entries}
+
+
+def decode_predictor_state(tensors: dict[str, torch.Tensor], encoding: dict) -> dict[str, torch.Tensor]:
+    """Inverse of `encode_predictor_state`: float32 parameters of the predictor."""
+    out: dict[str, torch.Tensor] = {}
+    try:
+        for name, e in encoding["tensors"].items():
+            shape, kind, key = tuple(e["shape"]), e["dtype"], f"predictor.{name}"
+            stored_key = f"{key}.q" if kind == "int8" else key
+            stored = tensors[stored_key]
+            if stored.dtype != _TORCH_DTYPE[kind]:
+                raise PackageError(f"{stored_key} is {stored.dtype}, the encoding says {kind}")
+            numel = int(np.prod(shape))
+            if e["sparse"]:
+                bits = np.unpackbits(tensors[f"{key}.mask"].numpy(), bitorder="little")[:numel]
+                nz = torch.from_numpy(bits.astype(bool))
+                if int(nz.sum()) != stored.numel():
+                    raise PackageError(f"{key}: the bitmask has {int(nz.sum())} bits set for {stored.numel()} values")
+                dense = torch.zeros(numel, dtype=stored.dtype)
+                dense[nz] = stored
+                stored = dense
+            stored = stored.reshape(shape)
+            out[name] = dequantize_int8(stored, tensors[f"{key}.scale"]) if kind == "int8" else stored.float()
+    except KeyError as e:
+        raise PackageError(f"corrupt compressed predictor: missing tensor {e}") from None
+    return out
+
+
 def save_package(package: Package, path: str | os.PathLike) -> int:
     """Write atomically; returns the file's size in bytes."""
     path = Path(path)
@@ -163,9 +267,10 @@ def load_package_bytes(data: bytes) -> Package:
         raise PackageError(f"not a NeRN package: {str(e)[:160]}") from None
     if meta.get("format") != FORMAT:
         raise PackageError("not a NeRN package (missing format marker)")
-    if meta.get("format_version", 0) > FORMAT_VERSION:
+    if meta.get("format_version", 0) > ENCODED_FORMAT_VERSION:
         raise PackageError(
-            f"package format {meta['format_version']} is newer than this library reads ({FORMAT_VERSION}); upgrade nern"
+            f"package format {meta['format_version']} is newer than this library reads "
+            f"({ENCODED_FORMAT_VERSION}); upgrade nern"
         )
     return Package(meta=meta, tensors=tensors)
 
