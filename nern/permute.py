@@ -16,6 +16,14 @@ KD-tree in one vectorised query; the walk (compiled with numba) takes the first 
 of the current kernel's sorted list — exactly the greedy choice — and only when all K are used
 scans the still-unvisited kernels (a compacted list, so memory stays O(N·K), never N×N).
 Ties are broken towards the lowest index, as the plain definition's argmax does.
+
+Layers above EXACT_LIMIT kernels (only ImageNet-size layers: 256×256 and up) use a blocked
+greedy instead, since an exact nearest-neighbour query in 9-D costs ~100 µs and a 512×512 layer
+needs 262,144 of them: the kernels are clustered (spherical k-means, ~1,024 per cell), the cells
+are ordered by a greedy path over their centroids, and each cell is walked with the exact greedy
+rule, starting from the kernel most similar to the previous cell's last one. The result is a
+greedy path whose moves are restricted to a cell; `benchmarks/permute_speed.py` reports its
+smoothness next to the exact path's on a 256×256 layer.
 """
 
 from __future__ import annotations
@@ -31,6 +39,9 @@ import torch
 from scipy.spatial import cKDTree
 
 NEIGHBOURS = 24
+DENSE_LIMIT = 2048  # up to this many kernels: exact greedy on the full similarity matrix
+EXACT_LIMIT = 40_000  # up to this many: exact greedy with K-nearest-neighbour lists
+CELL_SIZE = 1024  # blocked greedy: mean kernels per cell
 
 
 def _unit_rows(kernels: np.ndarray) -> np.ndarray:
@@ -122,17 +133,87 @@ def _sorted_neighbours(x: np.ndarray, k: int) -> np.ndarray:
     return np.take_along_axis(idx, order, axis=1).astype(np.int64)
 
 
-def greedy_path(kernels: np.ndarray, start: int = 0, neighbours: int = NEIGHBOURS) -> np.ndarray:
-    """Greedy nearest-neighbour ordering of kernels [N, ...] under cosine similarity."""
+def greedy_path(kernels: np.ndarray, start: int = 0, neighbours: int = NEIGHBOURS,
+                exact_limit: int = EXACT_LIMIT) -> np.ndarray:
+    """Greedy nearest-neighbour ordering of kernels [N, ...] under cosine similarity
+    (exact up to `exact_limit` kernels, blocked above: see the module docstring)."""
     n = kernels.shape[0]
-    if n <= 2048:
-        x = _unit_rows(kernels)
+    flat = kernels.reshape(n, -1)
+    if flat.shape[1] == 1:
+        return _scalar_path(flat[:, 0], start)
+    x = _unit_rows(flat)
+    if n <= DENSE_LIMIT:
         return _greedy_walk_dense(x @ x.T, start)
-    x = _unit_rows(kernels)
-    if kernels.reshape(n, -1).shape[1] == 1:
-        # 1x1 kernels: every similarity is -1, 0 or 1; the K-list would be all ties.
-        return _greedy_walk(x, np.full((n, 0), -1, dtype=np.int64), start)
-    return _greedy_walk(x, _sorted_neighbours(x, neighbours), start)
+    if n <= exact_limit:
+        return _greedy_walk(x, _sorted_neighbours(x, neighbours), start)
+    return _blocked_path(x, start)
+
+
+def _scalar_path(values: np.ndarray, start: int) -> np.ndarray:
+    """Exact greedy path for 1×1 kernels, in closed form: cosine similarity of scalars is the
+    product of their signs (zero kernels are similar only to each other), so from `start` the
+    path takes the rest of its sign class in index order, then the class most similar to its
+    last element (zeros after a non-zero: similarity 0 beats −1), and so on, lowest index first."""
+    sign = np.sign(values).astype(np.int64)
+    classes = {c: np.flatnonzero(sign == c) for c in (-1, 0, 1)}
+    order = [np.array([start])]
+    cur = int(sign[start])
+    remaining = {c: idx[idx != start] for c, idx in classes.items()}
+    order.append(remaining.pop(cur))
+    while remaining:
+        # similarity of the current class to each remaining one; ties → the lowest index.
+        def key(c: int, cur: int = cur) -> tuple[float, int]:
+            sim = 1.0 if c == cur else (0.0 if 0 in (c, cur) else -1.0)
+            first = remaining[c][0] if len(remaining[c]) else np.iinfo(np.int64).max
+            return (-sim, first)
+
+        nxt = min(remaining, key=key)
+        order.append(remaining.pop(nxt))
+        cur = nxt
+    return np.concatenate(order).astype(np.int64)
+
+
+def _spherical_kmeans(x: np.ndarray, cells: int, iters: int = 4, seed: int = 0) -> np.ndarray:
+    """Cell index of every row (unit vectors), by a few Lloyd steps of spherical k-means."""
+    rng = np.random.default_rng(seed)
+    xt = torch.from_numpy(x.astype(np.float32))
+    cent = xt[torch.from_numpy(rng.choice(len(x), cells, replace=False))]
+    assign = torch.empty(len(x), dtype=torch.long)
+    for _ in range(iters + 1):
+        for s in range(0, len(x), 65536):
+            assign[s : s + 65536] = (xt[s : s + 65536] @ cent.T).argmax(1)
+        sums = torch.zeros_like(cent).index_add_(0, assign, xt)
+        empty = sums.norm(dim=1) == 0
+        sums[empty] = cent[empty]
+        cent = torch.nn.functional.normalize(sums, dim=1)
+    return assign.numpy()
+
+
+def _blocked_path(x: np.ndarray, start: int) -> np.ndarray:
+    n = x.shape[0]
+    cells = max(2, n // CELL_SIZE)
+    assign = _spherical_kmeans(x, cells)
+    members = np.argsort(assign, kind="stable")
+    bounds = np.searchsorted(assign[members], np.arange(cells + 1))
+    groups = [members[bounds[c] : bounds[c + 1]] for c in range(cells)]
+    groups = [g for g in groups if len(g)]
+    cent = np.stack([x[g].mean(0) for g in groups])
+    cent /= np.linalg.norm(cent, axis=1, keepdims=True).clip(1e-12)
+    first = next(i for i, g in enumerate(groups) if start in g)
+    cell_order = _greedy_walk_dense(cent @ cent.T, first)
+    out, prev = [], None
+    for c in cell_order:
+        g = groups[c]
+        local_start = int(np.flatnonzero(g == start)[0]) if prev is None else int(np.argmax(x[g] @ x[prev]))
+        sub = x[g]
+        if len(g) <= DENSE_LIMIT:
+            local = _greedy_walk_dense(sub @ sub.T, local_start)
+        else:
+            local = _greedy_walk(sub, _sorted_neighbours(sub, NEIGHBOURS), local_start)
+        path = g[local]
+        out.append(path)
+        prev = path[-1]
+    return np.concatenate(out).astype(np.int64)
 
 
 def crossfilter_path(weight: np.ndarray) -> np.ndarray:
