@@ -48,6 +48,7 @@ def main() -> int:
     ap.add_argument("--evals", type=int, default=10, help="evaluations along the run")
     ap.add_argument("--set", default="{}", help="JSON overrides of the bench configuration")
     ap.add_argument("--checkpoint", default=None)
+    ap.add_argument("--save-package", default=None, help="also write the fitted predictor package here")
     args = ap.parse_args()
 
     ckpt = args.checkpoint or str(resolve_dataset("cifar10").parent / "resnet20-12fca82f.th")
@@ -97,6 +98,10 @@ def main() -> int:
         if planned is not None and run.step >= planned:
             break
     final = evaluate()
+    if args.save_package:
+        from nern.package import build_package, save_package
+
+        save_package(build_package(run, {"bench_curve": curve, "steps": run.step}), args.save_package)
     result = {
         "median_step_s": round(statistics.median(step_times), 4),
         "steps": run.step,

@@ -27,7 +27,6 @@ from torch import nn
 
 from .config import FitConfig
 from .data import normalize
-from .embedding import embed_coordinates
 from .errors import ConfigError, NernError, PackageError
 from .optim import make_optimizer
 from .package import (
@@ -39,7 +38,7 @@ from .package import (
     predict_weights,
     quantize_int8,
 )
-from .reconstruct import KernelLayout, run_with_weights
+from .reconstruct import run_with_weights
 from .targets import load_target
 from .train import NernRun
 
@@ -90,24 +89,10 @@ def prune_predictor(state: Mapping[str, torch.Tensor], fraction: float
 
 # ---- fine-tuning after pruning ----------------------------------------------------------------
 
-def _adopt_package_layout(run, package: Package) -> None:
-    """Give a NernRun built with permute='none' the package's stored permutation (the same
-    kernel→coordinate assignment the predictor was fitted with; never recomputed)."""
-    layers = run.layout.layers
-    if [(ly.name, ly.shape) for ly in layers] != [(ly.name, ly.shape) for ly in package.layers()]:
+def _check_layers(run: NernRun, package: Package) -> None:
+    mine = [(ly.name, ly.shape) for ly in run.layout.layers]
+    if mine != [(ly.name, ly.shape) for ly in package.layers()]:
         raise PackageError("the checkpoint's conv layers do not match the package's modeled layers")
-    layout: KernelLayout = package.layout()
-    cfg, dev = run.config, run.device
-    weights = {ly.name: run.original[ly.name] for ly in layers}
-    run.permutations = package.permutations()
-    run.layout = layout
-    run.embedding = embed_coordinates(layout.coords, cfg.emb_levels, cfg.emb_base).to(dev)
-    run.targets = layout.from_weights(weights).to(dev)
-    run.mask = layout.valid_mask().to(dev)
-    run.layer_scale = package.tensors["layer_scale"].float().to(dev)
-    run.row_scale = run.layer_scale[layout.layer_of_row].unsqueeze(1)
-    run.kernel_norms = run.targets.norm(dim=1)
-    run._cached_rows = None
 
 
 def finetune_run(
@@ -134,11 +119,12 @@ def finetune_run(
     lr = lr if lr is not None else base.lr * 0.1
     cfg = FitConfig(**{
         **base.model_dump(), "steps": steps, "lr": lr, "min_lr": min(base.min_lr, lr), "lr_warmup_steps": 0,
-        # the permutation is taken from the package, never recomputed
-        "permute": "none", "eval_data": None, "checkpoint_every": 0, "threads": threads or base.threads,
+        "eval_data": None, "checkpoint_every": 0, "threads": threads or base.threads,
     })
-    run = NernRun(dict(original_state_dict), cfg, package.meta.get("source_sha256"))
-    _adopt_package_layout(run, package)
+    # The package's stored permutation: the predictor's kernel→coordinate map, never recomputed.
+    run = NernRun(dict(original_state_dict), cfg, package.meta.get("source_sha256"),
+                  permutations=package.permutations())
+    _check_layers(run, package)
     run.predictor.load_state_dict({k: v.float() for k, v in state.items()}, strict=True)
     # a fresh optimiser for the loaded weights (Lookahead snapshots its slow weights at creation)
     run.optimizer = make_optimizer(run.predictor.parameters(), cfg.optimizer, cfg.lr, cfg.betas, cfg.weight_decay)

@@ -28,7 +28,7 @@ from .evaluate import evaluate_weights, layer_errors
 from .losses import FeatureMapRecorder, distillation_loss, feature_map_loss, reconstruction_loss
 from .optim import learning_rate, make_optimizer
 from .package import Package, build_package
-from .permute import permute_network, smoothness
+from .permute import LayerPermutation, permute_network, smoothness
 from .predictor import KernelPredictor
 from .reconstruct import KernelLayout, find_modeled_layers, run_with_weights
 from .targets import feature_map_modules, load_target
@@ -69,7 +69,9 @@ class NernRun:
     """Everything a fit needs, built once: target, layout, embeddings, predictor, optimiser."""
 
     def __init__(self, state_dict: dict[str, torch.Tensor], config: FitConfig, source_sha256: str | None,
-                 on_progress: Callable[[Progress], None] | None = None):
+                 on_progress: Callable[[Progress], None] | None = None,
+                 permutations: dict[str, LayerPermutation] | None = None):
+        """`permutations` (e.g. a package's stored ones) replace computing config.permute's."""
         self.config = config
         if config.threads:
             torch.set_num_threads(config.threads)
@@ -88,15 +90,17 @@ class NernRun:
         self.smoothness_before = {n: smoothness(w) for n, w in weights.items()}
         self.permutations = None
         paths = None
-        if config.permute != "none":
+        self.permute_seconds = 0.0
+        if permutations is not None:
+            self.permutations = permutations
+        elif config.permute != "none":
             if on_progress:
                 on_progress(Progress("smoothing", 0, config.steps))
             t0 = time.perf_counter()
             self.permutations = permute_network(weights, config.permute, source_sha256)
             self.permute_seconds = time.perf_counter() - t0
+        if self.permutations is not None:
             paths = [self.permutations[layer.name].path() for layer in layers]
-        else:
-            self.permute_seconds = 0.0
         self.smoothness_after = {
             layer.name: smoothness(weights[layer.name], None if paths is None else paths[i])
             for i, layer in enumerate(layers)
