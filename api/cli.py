@@ -126,22 +126,34 @@ def _is_text_field(annotation: Any) -> bool:
 
 def _fit_flags(p: argparse.ArgumentParser) -> None:
     """One flag per spec field, named as `nern fit` names them (`batch_size` → --batch-size)."""
+    from nern.config import CompressConfig
+
     from .schemas import JobSpec
 
     g = p.add_argument_group("fit settings (the job spec; defaults are the server's)")
     for name, field in JobSpec.model_fields.items():
         if name in ("name", "compress"):
             continue
-        flag = "--" + name.replace("_", "-")
-        helptext = field.description or ""
-        if field.annotation is bool:
-            g.add_argument(flag, dest=name, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS,
-                           help=helptext)
-        else:
-            g.add_argument(flag, dest=name, default=argparse.SUPPRESS, metavar=name.upper(), help=helptext,
-                           type=str if _is_text_field(field.annotation) else _json_value)
+        _field_flag(g, name, name, field)
+    g = p.add_argument_group("compression (the spec's `compress`; any of these turns it on)")
     g.add_argument("--compress", dest="compress", type=_json_value, default=argparse.SUPPRESS,
-                   metavar="JSON", help="compression settings (JSON object)")
+                   metavar="JSON", help='all settings as one JSON object, e.g. \'{"prune": 0.5, "quantize": "int8"}\'')
+    for name, field in CompressConfig.model_fields.items():
+        _field_flag(g, name, _COMPRESS_DEST + name, field)
+
+
+_COMPRESS_DEST = "compress."  # argparse dest prefix of the flags of the spec's `compress` object
+
+
+def _field_flag(g: argparse._ArgumentGroup, name: str, dest: str, field: Any) -> None:
+    flag = "--" + name.replace("_", "-")
+    helptext = field.description or ""
+    if field.annotation is bool:
+        g.add_argument(flag, dest=dest, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS,
+                       help=helptext)
+    else:
+        g.add_argument(flag, dest=dest, default=argparse.SUPPRESS, metavar=name.upper(), help=helptext,
+                       type=str if _is_text_field(field.annotation) else _json_value)
 
 
 def _json_value(text: str) -> Any:
@@ -155,6 +167,11 @@ def _spec_from_args(args: argparse.Namespace) -> tuple[dict[str, Any], dict[str,
     from .schemas import JobSpec
 
     spec = {k: getattr(args, k) for k in JobSpec.model_fields if hasattr(args, k) and k != "name"}
+    flags = {k[len(_COMPRESS_DEST):]: v for k, v in vars(args).items() if k.startswith(_COMPRESS_DEST)}
+    if flags:
+        base = spec.get("compress")
+        # a non-object --compress is left for the server to refuse, not silently replaced
+        spec["compress"] = {**base, **flags} if isinstance(base, dict) else flags if base is None else base
     if args.name:
         spec["name"] = args.name
     data_files: dict[str, Path] = {}
@@ -186,6 +203,11 @@ def _describe(job: dict[str, Any]) -> str:
                   for k in ("original_top1", "reconstructed_top1", "agreement"))
             )
         )
+    c = s.get("compression")
+    if isinstance(c, dict) and isinstance(s.get("package_bytes"), int):
+        lines.append(f"package    {s['package_bytes']:,} bytes, compressed (prune {c.get('prune')}, "
+                     f"{c.get('quantize')}, fine-tuned {c.get('finetune_steps')} steps) from "
+                     f"{c.get('source_package_bytes', 0):,}")
     if job.get("error"):
         lines.append(f"error      {job['error']}")
     return "\n".join(lines)

@@ -7,7 +7,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from nern.config import FitConfig
+from nern.config import CompressConfig, FitConfig
 
 
 class JobSpec(FitConfig):
@@ -16,11 +16,15 @@ class JobSpec(FitConfig):
     `data` / `eval_data` name 'cifar10' (the shipped training subset), 'cifar10-test' (the test
     set), 'noise' (`data` only), the name of an uploaded .npz part of the same request, or a
     file name in the server's dataset folder (NERN_DATA_DIR). Paths on the server are refused.
+    `compress` ({"prune": 0.5, "quantize": "int8", "finetune_steps": 0}) makes the served
+    predictor.nern a compressed copy; its accuracy is what the job reports.
     """
 
     name: str | None = Field(None, max_length=200, description="free label shown in lists")
-    compress: dict[str, Any] | None = Field(
-        None, description="compression settings; stored with the job, applied once the library has them"
+    compress: CompressConfig | None = Field(
+        None,
+        description="compress the predictor after the fit (prune, quantize, finetune_steps); "
+        "null = serve the fitted predictor as is",
     )
 
     def fit_config(self, **overrides: Any) -> FitConfig:

@@ -91,3 +91,15 @@ class FitConfig(BaseModel):
     @property
     def embedding_dim(self) -> int:
         return 6 * self.emb_levels
+
+
+class CompressConfig(BaseModel):
+    """Meta-compression of a fitted predictor (`nern.compress.compress_package`): global magnitude
+    pruning of its weight matrices, optional fine-tuning with the pruned weights held at zero,
+    then fp16 or int8 (one scale per output row) storage."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    prune: float = Field(0.0, ge=0.0, le=0.99, description="fraction of the predictor's matrix weights zeroed")
+    quantize: Literal["none", "fp16", "int8"] = Field("none", description="storage of the predictor's weights")
+    finetune_steps: int = Field(0, ge=0, le=10_000_000, description="training steps after pruning; 0 = none")

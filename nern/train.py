@@ -42,7 +42,7 @@ MAGNITUDE_BATCH_PROB = 0.2  # reference: 80% uniform subsets, 20% norm-weighted 
 
 @dataclass
 class Progress:
-    stage: str  # "smoothing" | "training" | "evaluating"
+    stage: str  # "smoothing" | "training" | "evaluating" | "compressing" (nern.deliver's fine-tuning)
     step: int
     total_steps: int
     losses: dict[str, float] = field(default_factory=dict)

@@ -1,5 +1,6 @@
-"""The one task: run a job by id. It claims the job's lease, calls `nern.train.fit`, stores the
-results as artifacts and records the outcome — no NeRN logic of its own.
+"""The one task: run a job by id. It claims the job's lease, calls `nern.train.fit` and
+`nern.deliver.deliver` (compression, importance maps, the served package's evaluation), stores
+the results as artifacts and records the outcome — no NeRN logic of its own.
 
 Safe to run twice for one job (acks_late redelivery, a re-queued lease): the claim in the DB
 decides who runs, and fit resumes from the job's work folder.
@@ -10,6 +11,9 @@ from __future__ import annotations
 import json
 import logging
 import math
+import shutil
+import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -67,8 +71,10 @@ def _run(job: Job, settings: Settings, lease: Lease) -> tuple[JobState, str | No
         from nern import package as nern_package
         from nern import train
         from nern.checkpoint import load_state_dict
+        from nern.deliver import deliver
 
-        config = JobSpec.model_validate(job.spec).fit_config(arch=job.arch)
+        spec = JobSpec.model_validate(job.spec)
+        config = spec.fit_config(arch=job.arch)
         state_dict = load_state_dict(checkpoint_path(store, job))
 
         def on_progress(p: train.Progress) -> None:
@@ -84,21 +90,28 @@ def _run(job: Job, settings: Settings, lease: Lease) -> tuple[JobState, str | No
             source_sha256=job.checkpoint_sha256,
         )
         lease.report("compressing", step=config.steps, total_steps=config.steps)
-        summary = _jsonable(dict(result.summary))
-        artifacts = [
-            store.write_artifact(job.id, "predictor.nern", lambda p: nern_package.save_package(result.package, p)),
-            store.write_artifact(
-                job.id, "reconstructed.safetensors",
-                lambda p: save_file(
-                    {k: v.contiguous() for k, v in nern_package.reconstruct(result.package, state_dict).items()}, p
-                ),
-            ),
-        ]
-        summary["package_bytes"] = artifacts[0][1]
+        out = deliver(result, state_dict, config, spec.compress, on_progress=on_progress,
+                      should_stop=lease.should_stop)
+        lease.report("compressing", step=config.steps, total_steps=config.steps)  # fine-tuning counted its own
+
+        artifacts: list[tuple[str, int, str, str]] = []  # (name, size, sha256, media type)
+
+        def write(name: str, writer: Callable[[Path], Any]) -> tuple[str, int, str, str]:
+            artifacts.append(store.write_artifact(job.id, name, writer))
+            return artifacts[-1]
+
+        served = write("predictor.nern", lambda p: nern_package.save_package(out.package, p))
+        if out.uncompressed is not None:
+            write("predictor-fp32.nern", lambda p: nern_package.save_package(out.uncompressed, p))
+        write("reconstructed.safetensors",
+              lambda p: save_file({k: v.contiguous() for k, v in out.reconstructed.items()}, p))
+        with tempfile.TemporaryDirectory(dir=work_dir) as tmp:
+            for path in out.importance.save(tmp):
+                write(path.name, lambda p, src=path: shutil.copyfile(src, p))
+        summary = _jsonable(out.summary)
+        summary["package_bytes"] = served[1]
         summary["checkpoint_bytes"] = job.checkpoint_bytes
-        artifacts.append(
-            store.write_artifact(job.id, "report.json", lambda p: Path(p).write_text(json.dumps(summary, indent=2)))
-        )
+        write("report.json", lambda p: Path(p).write_text(json.dumps(summary, indent=2)))
         with session_scope(settings.database_url) as session:
             ok = crud.finish_job(
                 session, job.id, lease.owner, summary=summary, artifacts=artifacts,

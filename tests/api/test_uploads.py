@@ -91,6 +91,16 @@ def _bad_uploads(tmp_path) -> list[tuple[str, bytes, dict, str, str]]:
          "server paths are not accepted"),
         ("parent path as eval data", RESNET20.read_bytes(), {**QUEUED_SPEC, "eval_data": "../nern.db"},
          "invalid-spec", "spec.eval_data"),
+        ("prune fraction above 0.99", RESNET20.read_bytes(), {**QUEUED_SPEC, "compress": {"prune": 1.5}},
+         "invalid-spec", "spec.compress.prune: Input should be less than or equal to 0.99"),
+        ("unknown quantisation", RESNET20.read_bytes(), {**QUEUED_SPEC, "compress": {"quantize": "int4"}},
+         "invalid-spec", "spec.compress.quantize: Input should be 'none', 'fp16' or 'int8'"),
+        ("unknown compress key", RESNET20.read_bytes(), {**QUEUED_SPEC, "compress": {"prune": 0.5, "bits": 4}},
+         "invalid-spec", "spec.compress.bits: Extra inputs are not permitted"),
+        ("negative fine-tuning steps", RESNET20.read_bytes(), {**QUEUED_SPEC, "compress": {"finetune_steps": -1}},
+         "invalid-spec", "spec.compress.finetune_steps"),
+        ("compress not an object", RESNET20.read_bytes(), {**QUEUED_SPEC, "compress": "int8"}, "invalid-spec",
+         "spec.compress"),
     ]
 
 
