@@ -74,7 +74,8 @@ def _check_out_file(out: Path) -> None:
 
 def cmd_importance(args: argparse.Namespace) -> int:
     from .cli import _load_pair
-    from .compress import target_model, top1
+    from .compress import target_model
+    from .evaluate import top1
     from .importance import PRUNING_METHODS, importance_maps, pruning_curve, pruning_table
     from .plots import importance_heatmap, pruning_curve_figure
 
@@ -127,7 +128,8 @@ def cmd_compress(args: argparse.Namespace) -> int:
         threads=args.threads,
     )
     if args.data:
-        from .compress import target_model, top1
+        from .compress import target_model
+        from .evaluate import top1
         from .package import predict_weights
 
         model = target_model(package, sd)

@@ -26,8 +26,8 @@ import torch
 from torch import nn
 
 from .config import FitConfig
-from .data import normalize
 from .errors import ConfigError, NernError, PackageError
+from .evaluate import top1
 from .optim import make_optimizer
 from .package import (
     ENCODED_FORMAT_VERSION,
@@ -38,7 +38,6 @@ from .package import (
     predict_weights,
     quantize_int8,
 )
-from .reconstruct import run_with_weights
 from .targets import load_target
 from .train import NernRun
 
@@ -225,21 +224,6 @@ def target_model(package: Package, original_state_dict: Mapping[str, torch.Tenso
     except NernError as e:
         raise PackageError(f"the checkpoint does not belong to this package: {e}") from None
     return model.eval()
-
-
-@torch.no_grad()
-def top1(model: nn.Module, weights: Mapping[str, torch.Tensor] | None, images_u8: torch.Tensor,
-         labels: torch.Tensor, batch_size: int = 500) -> float:
-    """Top-1 (percent) of `model` with `weights` swapped in (None = as is). Unlike
-    `nern.evaluate.evaluate_weights` it runs one network only, which halves a sweep's time."""
-    model.eval()
-    dev = next(model.parameters()).device
-    correct = 0
-    for s in range(0, images_u8.shape[0], batch_size):
-        x = normalize(images_u8[s : s + batch_size].to(dev))
-        out = model(x) if weights is None else run_with_weights(model, weights, x)
-        correct += int((out.argmax(1) == labels[s : s + batch_size].to(dev)).sum())
-    return round(100.0 * correct / images_u8.shape[0], 2)
 
 
 # ---- baselines on the original's conv weights ------------------------------------------------

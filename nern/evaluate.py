@@ -56,3 +56,18 @@ def layer_errors(
         k: round(float((predicted[k].float().cpu() - original[k].float()).norm() / original[k].float().norm().clamp_min(1e-30)), 5)
         for k in predicted
     }
+
+
+@torch.no_grad()
+def top1(model: nn.Module, weights: Mapping[str, torch.Tensor] | None, images_u8: torch.Tensor,
+         labels: torch.Tensor, batch_size: int = 500) -> float:
+    """Top-1 (percent) of `model` with `weights` swapped in (None = as is). Unlike
+    `evaluate_weights` it runs one network only, which halves a sweep's time."""
+    model.eval()
+    dev = next(model.parameters()).device
+    correct = 0
+    for s in range(0, images_u8.shape[0], batch_size):
+        x = normalize(images_u8[s : s + batch_size].to(dev))
+        out = model(x) if weights is None else run_with_weights(model, weights, x)
+        correct += int((out.argmax(1) == labels[s : s + batch_size].to(dev)).sum())
+    return round(100.0 * correct / images_u8.shape[0], 2)

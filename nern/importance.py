@@ -27,8 +27,9 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from .compress import lowest_masks, top1
+from .compress import lowest_masks
 from .errors import ConfigError, PackageError
+from .evaluate import top1
 from .package import Package, predict_weights
 
 ZERO_GUARD = 1e-6
