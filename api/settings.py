@@ -43,6 +43,9 @@ class Settings(BaseSettings):
     # auth
     auth: bool = Field(True, description="require API keys (on by default)")
     auth_cache_seconds: float = Field(10.0, ge=0, description="how long a checked key is trusted in memory")
+    status_cache_seconds: float = Field(
+        0.25, ge=0, le=5, description="GET /jobs/{id} bodies served from memory this long (0 = off)"
+    )
 
     @model_validator(mode="after")
     def _fill_defaults(self) -> Settings:

@@ -23,6 +23,7 @@ from ..schemas import (
     JobStatus,
     MetricPointPublic,
 )
+from ..status_cache import StatusCache
 from ..submission import collect_files, submit_job
 from ..uploads import read_upload
 
@@ -55,6 +56,11 @@ async def get_job(job_id: str, request: Request, tenant_id: TenantDep) -> Respon
     # wait for writers) it takes ~0.1 ms and runs inline, cheaper than a thread-pool hop; a
     # server database is a network round trip, so there it runs in the pool and many overlap.
     # The key check is cached (deps.KeyCache).
+    # A burst of polls of one job within status_cache_seconds costs one query (api/status_cache.py).
+    cache = _status_cache(request)
+    body = cache.get(tenant_id, job_id)
+    if body is not None:
+        return Response(body, media_type="application/json")
     engine = get_engine(request.app.state.settings.database_url)
     if engine.dialect.name == "sqlite":
         row = crud.job_row(engine, tenant_id, job_id)
@@ -65,7 +71,15 @@ async def get_job(job_id: str, request: Request, tenant_id: TenantDep) -> Respon
     head = JobStatus.model_validate(row).model_dump_json().encode()
     body = b"".join((head[:-1], b',"spec":', row["spec"].encode(), b',"summary":',
                      (row["summary"] or "null").encode(), b"}"))
+    cache.put(tenant_id, job_id, body)
     return Response(body, media_type="application/json")
+
+
+def _status_cache(request: Request) -> StatusCache:
+    state = request.app.state
+    if getattr(state, "status_cache", None) is None:
+        state.status_cache = StatusCache(state.settings.status_cache_seconds)
+    return state.status_cache
 
 
 @router.post(
@@ -129,12 +143,13 @@ def list_jobs(
 
 
 @router.post("/{job_id}/cancel", response_model=JobPublic, summary="Cancel (durable: stored in the DB)")
-def cancel_job(job_id: str, session: SessionDep, tenant_id: TenantDep) -> Response:
+def cancel_job(job_id: str, request: Request, session: SessionDep, tenant_id: TenantDep) -> Response:
     job = _job_or_404(session, tenant_id, job_id)
     if not crud.request_cancel(session, job):
         session.rollback()
         raise ProblemError(409, f"job {job_id} already {job.state}; nothing to cancel", kind="job-finished")
     session.commit()
+    _status_cache(request).drop(tenant_id, job_id)
     # A queued job is cancelled now (200); a running one stops within a few steps (202).
     return _job_response(job, 200 if job.state == "cancelled" else 202)
 
@@ -148,6 +163,7 @@ def retry_job(job_id: str, request: Request, session: SessionDep, tenant_id: Ten
             409, f"job {job_id} is {job.state}; only failed or cancelled jobs can be retried", kind="not-retryable"
         )
     session.commit()
+    _status_cache(request).drop(tenant_id, job_id)
     request.app.state.dispatcher.publish(job.id, job.queue)
     return _job_response(job, 202, {"Location": f"/jobs/{job.id}"})
 
