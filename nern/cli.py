@@ -141,24 +141,23 @@ def _load_pair(args: argparse.Namespace):
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from .data import load_images
+    from .data import fixed_subset, load_images
     from .evaluate import evaluate_weights, layer_errors
-    from .package import predict_weights, reconstruct
+    from .package import reconstruct
     from .targets import create_target
+    from .train import NATIVE_IMAGE_SIZE
 
     package, sd = _load_pair(args)
     rec = reconstruct(package, sd)
     target = package.meta["target"]
     model = create_target(target["arch"], **target["kwargs"])
     model.load_state_dict(sd, strict=False)
-    size = 224 if target["arch"] in ("resnet18", "resnet34", "resnet50") else 32
-    images, labels = load_images(args.data, size)
+    images, labels = load_images(args.data, NATIVE_IMAGE_SIZE.get(target["arch"], 32))
     if labels is None:
         return _fail(f"--data {args.data} has no labels; evaluation needs a labelled .npz")
-    if args.limit:
-        images, labels = images[: args.limit], labels[: args.limit]
-    predicted = predict_weights(package)
-    metrics = evaluate_weights(model, {k: rec[k] for k in predicted}, images, labels)
+    images, labels = fixed_subset(images, labels, args.limit)
+    predicted = {d["name"]: rec[d["name"]] for d in package.meta["layers"]}
+    metrics = evaluate_weights(model, predicted, images, labels)
     metrics["relative_weight_error"] = layer_errors(predicted, sd, total=True)
     metrics["layer_errors"] = layer_errors(predicted, sd)
     metrics["arch"] = target["arch"]
@@ -228,7 +227,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("package")
     p.add_argument("--checkpoint", required=True)
     p.add_argument("--data", required=True, help="labelled .npz (or cifar10-test)")
-    p.add_argument("--limit", type=int, default=None, help="first N images only")
+    p.add_argument("--limit", type=int, default=None, help="a fixed random subset of N images")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_evaluate)
 

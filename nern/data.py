@@ -103,6 +103,16 @@ def load_images(source: str, image_size: int) -> tuple[torch.Tensor, torch.Tenso
     return x, y
 
 
+def fixed_subset(images: torch.Tensor, labels: torch.Tensor, limit: int | None,
+                 seed: int = 1234) -> tuple[torch.Tensor, torch.Tensor]:
+    """A fixed random subset of `limit` labelled images (the files may be class-major, so never
+    the first N); the same for every caller, so scores on `--limit N` are comparable."""
+    if not limit or limit >= len(labels):
+        return images, labels
+    keep = torch.randperm(len(labels), generator=torch.Generator().manual_seed(seed))[:limit]
+    return images[keep], labels[keep]
+
+
 def normalize(images_u8: torch.Tensor) -> torch.Tensor:
     return (images_u8.float() / 255.0 - MEAN.to(images_u8.device)) / STD.to(images_u8.device)
 

@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 
 from .config import FitConfig
-from .data import InputSource, load_images
+from .data import InputSource, fixed_subset, load_images
 from .embedding import embed_coordinates
 from .errors import CancelledError, ConfigError
 from .evaluate import evaluate_weights, layer_errors
@@ -256,11 +256,7 @@ def load_eval_data(config: FitConfig, image_size: int) -> tuple[torch.Tensor, to
     images, labels = load_images(config.eval_data, image_size)
     if labels is None:
         raise ConfigError(f"eval_data {config.eval_data!r} has no labels; evaluation needs a labelled .npz")
-    if config.eval_limit and config.eval_limit < len(labels):
-        # Files may be class-major: take a fixed random subset, not the first N.
-        keep = torch.randperm(len(labels), generator=torch.Generator().manual_seed(1234))[: config.eval_limit]
-        images, labels = images[keep], labels[keep]
-    return images, labels
+    return fixed_subset(images, labels, config.eval_limit)
 
 
 def fit(

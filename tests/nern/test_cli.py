@@ -11,7 +11,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from nern.data import load_images
+from nern.data import fixed_subset, load_images
 from nern.evaluate import evaluate_weights
 from nern.targets import create_target
 
@@ -51,8 +51,8 @@ def test_fit_writes_a_package_whose_reconstruction_beats_chance(fitted, resnet20
     assert proc.returncode == 0, proc.stderr
     model = create_target("resnet20")
     model.load_state_dict(load_file(out), strict=True)
-    images, labels = load_images("cifar10-test", 32)
-    mine = evaluate_weights(model, None, images[:EVAL_LIMIT], labels[:EVAL_LIMIT])
+    images, labels = fixed_subset(*load_images("cifar10-test", 32), EVAL_LIMIT)
+    mine = evaluate_weights(model, None, images, labels)
     assert mine["original_top1"] == report["reconstructed_top1"]
 
 
