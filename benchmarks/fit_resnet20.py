@@ -9,6 +9,11 @@ set from the median of the first 20 steps' times (those steps are part of the ru
 schedule's length only matters after the 50-step warm-up). Prints progress, then as its last
 line one JSON object: median_step_s, original_top1, final_top1, curve ([seconds, step, top1])
 and the configuration.
+
+--averages 0.998,0.9995 also tracks exponential moving averages of the predictor's parameters
+with those decays (the fit's `ema_decay`, here without changing the run) and evaluates each at
+every point: `curves_averaged` and `final_top1_averaged` in the JSON, keyed by decay. Training
+is the same run; only what is evaluated differs.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from nern import FitConfig, load_state_dict  # noqa: E402
+from nern.averaging import ParameterAverage  # noqa: E402
 from nern.checkpoint import sha256_file  # noqa: E402
 from nern.data import load_images, resolve_dataset  # noqa: E402
 from nern.evaluate import evaluate_weights, layer_errors  # noqa: E402
@@ -49,6 +55,7 @@ def main() -> int:
     ap.add_argument("--set", default="{}", help="JSON overrides of the bench configuration")
     ap.add_argument("--checkpoint", default=None)
     ap.add_argument("--save-package", default=None, help="also write the fitted predictor package here")
+    ap.add_argument("--averages", default="", help="comma-separated EMA decays to evaluate alongside")
     args = ap.parse_args()
 
     ckpt = args.checkpoint or str(resolve_dataset("cifar10").parent / "resnet20-12fca82f.th")
@@ -61,26 +68,37 @@ def main() -> int:
     print(f"original top-1 {base['original_top1']:.2f}% on {len(labels)} test images; "
           f"permutation {run.permute_seconds:.1f}s", flush=True)
     originals = {n: run.original[n] for n in run.layout.names}
+    averages = {d: ParameterAverage(run.predictor, float(d)) for d in filter(None, args.averages.split(","))}
+    curves_averaged: dict[str, list[list[float]]] = {d: [] for d in averages}
 
     step_times: list[float] = []
     curve: list[list[float]] = []
     budget = None if args.steps else args.minutes * 60.0
     planned = args.steps
 
-    def evaluate() -> float:
-        w = run.predicted_weights()
+    def score(label: str, w: dict[str, torch.Tensor]) -> float:
         m = evaluate_weights(run.model, w, images, labels, device=run.device)
         err = layer_errors({k: v.cpu() for k, v in w.items()}, originals, total=True)
-        curve.append([round(run.train_seconds, 1), run.step, m["reconstructed_top1"]])
-        print(f"eval  step {run.step:6d}  train {run.train_seconds / 60:6.2f} min  "
+        print(f"eval  step {run.step:6d}  train {run.train_seconds / 60:6.2f} min  {label:>12}  "
               f"top-1 {m['reconstructed_top1']:6.2f}%  agreement {m['agreement']:6.2f}%  rel.err {err:.4f}",
               flush=True)
         return m["reconstructed_top1"]
+
+    def evaluate() -> float:
+        top1 = score("predictor", run.predicted_weights())
+        curve.append([round(run.train_seconds, 1), run.step, top1])
+        for d, avg in averages.items():
+            with avg.applied(run.predictor):
+                w = run.predicted_weights(averaged=False)
+            curves_averaged[d].append([round(run.train_seconds, 1), run.step, score(f"ema {d}", w)])
+        return top1
 
     next_eval = 1
     while True:
         t0 = time.perf_counter()
         losses = run.train_step()
+        for avg in averages.values():
+            avg.update(run.predictor)
         dt = time.perf_counter() - t0
         run.train_seconds += dt
         step_times.append(dt)
@@ -109,6 +127,8 @@ def main() -> int:
         "original_top1": base["original_top1"],
         "final_top1": final,
         "curve": curve,
+        "final_top1_averaged": {d: c[-1][2] for d, c in curves_averaged.items()},
+        "curves_averaged": curves_averaged,
         "threads": torch.get_num_threads(),
         "device": str(run.device),
         "config": run.config.model_dump(mode="json"),

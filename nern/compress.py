@@ -119,6 +119,7 @@ def finetune_run(
     cfg = FitConfig(**{
         **base.model_dump(), "steps": steps, "lr": lr, "min_lr": min(base.min_lr, lr), "lr_warmup_steps": 0,
         "eval_data": None, "checkpoint_every": 0, "threads": threads or base.threads,
+        "ema_decay": 0.0,  # the pruning mask holds on the trained parameters, which are what we return
     })
     # The package's stored permutation: the predictor's kernel→coordinate map, never recomputed.
     run = NernRun(dict(original_state_dict), cfg, package.meta.get("source_sha256"),

@@ -52,6 +52,11 @@ class FitConfig(BaseModel):
         False, description="bf16 autocast for the predictor's matrix products (CPU with AVX512-BF16, or CUDA)"
     )
     grad_clip: float = Field(1.0, ge=0.0, description="0 = no clipping")
+    ema_decay: float = Field(
+        0.0, ge=0.0, lt=1.0,
+        description="evaluate and package an exponential moving average of the predictor's "
+                    "parameters with this decay; 0 = the last step's parameters",
+    )
 
     # losses (NERN.md §3)
     w_rec: float = Field(1.0, ge=0.0)

@@ -120,7 +120,7 @@ class Package:
 
 def build_package(run: NernRun, summary: dict) -> Package:
     """Assemble the package of a finished (or interrupted) run."""
-    tensors = {f"predictor.{k}": v.detach().cpu().contiguous() for k, v in run.predictor.state_dict().items()}
+    tensors = {f"predictor.{k}": v.detach().cpu().contiguous() for k, v in run.predictor_state().items()}
     tensors["layer_scale"] = run.layer_scale.detach().cpu().float()
     perm_meta = None
     if run.permutations is not None:

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import torch
 
+from .averaging import ParameterAverage
 from .config import FitConfig
 from .data import InputSource, fixed_subset, load_images
 from .embedding import embed_coordinates
@@ -123,6 +124,7 @@ class NernRun:
         self.optimizer = make_optimizer(
             self.predictor.parameters(), config.optimizer, config.lr, config.betas, config.weight_decay
         )
+        self.average = ParameterAverage(self.predictor, config.ema_decay) if config.ema_decay > 0 else None
         self.gen = torch.Generator().manual_seed(config.seed)
         self.distill = config.w_kd > 0 or config.w_fmd > 0
         self.inputs = (
@@ -141,8 +143,19 @@ class NernRun:
         with torch.no_grad():
             return self.predictor(self.embedding) * self.row_scale
 
-    def predicted_weights(self) -> dict[str, torch.Tensor]:
+    def predicted_weights(self, averaged: bool = True) -> dict[str, torch.Tensor]:
+        """The reconstruction that is evaluated and packaged: from the parameter average when
+        config.ema_decay > 0 (and `averaged`), else from the current parameters."""
+        if averaged and self.average is not None:
+            with self.average.applied(self.predictor):
+                return self.layout.to_weights(self.predict_rows())
         return self.layout.to_weights(self.predict_rows())
+
+    def predictor_state(self) -> dict[str, torch.Tensor]:
+        """The predictor parameters a package stores (the average when config.ema_decay > 0)."""
+        if self.average is not None:
+            return self.average.averaged_state_dict(self.predictor)
+        return self.predictor.state_dict()
 
     def _predict(self, embedding: torch.Tensor) -> torch.Tensor:
         """Predictor forward with gradients; bf16 matrix products when config.amp."""
@@ -206,6 +219,8 @@ class NernRun:
         if cfg.grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(self.predictor.parameters(), cfg.grad_clip)
         self.optimizer.step()
+        if self.average is not None:
+            self.average.update(self.predictor)
         self.step += 1
         out["loss"] = loss.item()
         out["lr"] = lr
@@ -222,6 +237,7 @@ class NernRun:
             "train_seconds": self.train_seconds,
             "predictor": self.predictor.state_dict(),
             "optimizer": self.optimizer.state_dict(),
+            "average": self.average.state_dict() if self.average is not None else None,
             "generator": self.gen.get_state(),
             "inputs": self.inputs.state_dict() if self.inputs else None,
             "history": self.history,
@@ -241,6 +257,8 @@ class NernRun:
             raise ConfigError(f"{path} belongs to a different checkpoint; use a fresh work_dir")
         self.predictor.load_state_dict(state["predictor"])
         self.optimizer.load_state_dict(state["optimizer"])
+        if self.average is not None:
+            self.average.load_state_dict(state["average"])
         self.gen.set_state(state["generator"].cpu())
         if self.inputs is not None and state["inputs"] is not None:
             self.inputs.load_state_dict(state["inputs"])

@@ -28,8 +28,9 @@ def test_each_term_alone_trains(resnet20_sd, kernel_batch):
     assert all(torch.isfinite(torch.tensor(v)) for v in out.values())
 
 
-def test_resume_gives_the_same_predictor_as_an_uninterrupted_run(resnet20_sd, tmp_path, cache_dir):
-    cfg = FitConfig(steps=8, checkpoint_every=4, w_kd=1e-2, w_fmd=1e-2, optimizer="ranger",
+@pytest.mark.parametrize("ema_decay", [0.0, 0.9])
+def test_resume_gives_the_same_predictor_as_an_uninterrupted_run(resnet20_sd, tmp_path, cache_dir, ema_decay):
+    cfg = FitConfig(steps=8, checkpoint_every=4, w_kd=1e-2, w_fmd=1e-2, optimizer="ranger", ema_decay=ema_decay,
                     **{**TINY, "permute": "crossfilter"})
     straight = fit(resnet20_sd, cfg, work_dir=tmp_path / "a", source_sha256="s").package
     calls = {"n": 0}
