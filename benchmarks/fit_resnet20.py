@@ -10,8 +10,9 @@ schedule's length only matters after the 50-step warm-up). Prints progress, then
 line one JSON object: median_step_s, original_top1, final_top1, curve ([seconds, step, top1])
 and the configuration.
 
---averages 0.998,0.9995 also tracks exponential moving averages of the predictor's parameters
-with those decays (the fit's `ema_decay`, here without changing the run) and evaluates each at
+`curve` scores what the fit packages: the parameter average with the configuration's
+`ema_decay` (0.99; `--set '{"ema_decay": 0}'` scores the last step's parameters instead).
+--averages 0,0.998 also tracks other decays (0 = the current parameters) and evaluates each at
 every point: `curves_averaged` and `final_top1_averaged` in the JSON, keyed by decay. Training
 is the same run; only what is evaluated differs.
 """
@@ -42,7 +43,7 @@ BENCH = dict(
     hidden=180, layers=5, emb_levels=40, emb_base=1.2, permute="crossfilter",
     batch_size=64, kernel_batch_size=0, optimizer="adam", lr=3e-3, lr_warmup_steps=50,
     w_rec=1.0, w_kd=1e-4, w_fmd=1e-4, rec_normalize=True, data="cifar10", augment=True,
-    threads=2, seed=0, amp=True,
+    threads=2, seed=0, amp=True, ema_decay=0.99,
 )
 CALIBRATION_STEPS = 20
 
@@ -68,7 +69,8 @@ def main() -> int:
     print(f"original top-1 {base['original_top1']:.2f}% on {len(labels)} test images; "
           f"permutation {run.permute_seconds:.1f}s", flush=True)
     originals = {n: run.original[n] for n in run.layout.names}
-    averages = {d: ParameterAverage(run.predictor, float(d)) for d in filter(None, args.averages.split(","))}
+    averages = {d: ParameterAverage(run.predictor, float(d)) if float(d) > 0 else None
+                for d in filter(None, args.averages.split(","))}
     curves_averaged: dict[str, list[list[float]]] = {d: [] for d in averages}
 
     step_times: list[float] = []
@@ -85,12 +87,15 @@ def main() -> int:
         return m["reconstructed_top1"]
 
     def evaluate() -> float:
-        top1 = score("predictor", run.predicted_weights())
+        top1 = score(f"ema {run.config.ema_decay:g}" if run.average else "predictor", run.predicted_weights())
         curve.append([round(run.train_seconds, 1), run.step, top1])
         for d, avg in averages.items():
-            with avg.applied(run.predictor):
+            if avg is None:
                 w = run.predicted_weights(averaged=False)
-            curves_averaged[d].append([round(run.train_seconds, 1), run.step, score(f"ema {d}", w)])
+            else:
+                with avg.applied(run.predictor):
+                    w = run.predicted_weights(averaged=False)
+            curves_averaged[d].append([round(run.train_seconds, 1), run.step, score("predictor" if avg is None else f"ema {d}", w)])
         return top1
 
     next_eval = 1
@@ -98,7 +103,8 @@ def main() -> int:
         t0 = time.perf_counter()
         losses = run.train_step()
         for avg in averages.values():
-            avg.update(run.predictor)
+            if avg is not None:
+                avg.update(run.predictor)
         dt = time.perf_counter() - t0
         run.train_seconds += dt
         step_times.append(dt)

@@ -53,6 +53,7 @@ FIT_FLAGS = {
     "--device": ("device", str),
     "--threads": ("threads", int),
     "--checkpoint-every": ("checkpoint_every", int),
+    "--ema-decay": ("ema_decay", float),
 }
 
 

@@ -53,7 +53,7 @@ class FitConfig(BaseModel):
     )
     grad_clip: float = Field(1.0, ge=0.0, description="0 = no clipping")
     ema_decay: float = Field(
-        0.0, ge=0.0, lt=1.0,
+        0.99, ge=0.0, lt=1.0,
         description="evaluate and package an exponential moving average of the predictor's "
                     "parameters with this decay; 0 = the last step's parameters",
     )

@@ -73,6 +73,7 @@ def _bad_checkpoints(tmp_path, resnet20_sd):
         "wrong architecture": (None, ["--arch", "resnet32"], "does not match resnet32"),
         "unknown architecture": (None, ["--arch", "vgg99"], "unknown architecture"),
         "bad setting": (None, ["--steps", "0"], "invalid steps"),
+        "bad averaging": (None, ["--ema-decay", "1"], "invalid ema_decay"),
     }
 
 
