@@ -20,6 +20,7 @@ is the same run; only what is evaluated differs.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import statistics
 import sys
@@ -90,12 +91,10 @@ def main() -> int:
         top1 = score(f"ema {run.config.ema_decay:g}" if run.average else "predictor", run.predicted_weights())
         curve.append([round(run.train_seconds, 1), run.step, top1])
         for d, avg in averages.items():
-            if avg is None:
+            with avg.applied(run.predictor) if avg is not None else contextlib.nullcontext():
                 w = run.predicted_weights(averaged=False)
-            else:
-                with avg.applied(run.predictor):
-                    w = run.predicted_weights(averaged=False)
-            curves_averaged[d].append([round(run.train_seconds, 1), run.step, score("predictor" if avg is None else f"ema {d}", w)])
+            label = "predictor" if avg is None else f"ema {d}"
+            curves_averaged[d].append([round(run.train_seconds, 1), run.step, score(label, w)])
         return top1
 
     next_eval = 1

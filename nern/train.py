@@ -10,6 +10,7 @@ so gradients of all three losses reach the predictor.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
@@ -146,10 +147,9 @@ class NernRun:
     def predicted_weights(self, averaged: bool = True) -> dict[str, torch.Tensor]:
         """The reconstruction that is evaluated and packaged: from the parameter average when
         config.ema_decay > 0 (and `averaged`), else from the current parameters."""
-        if averaged and self.average is not None:
-            with self.average.applied(self.predictor):
-                return self.layout.to_weights(self.predict_rows())
-        return self.layout.to_weights(self.predict_rows())
+        use_average = averaged and self.average is not None
+        with self.average.applied(self.predictor) if use_average else contextlib.nullcontext():
+            return self.layout.to_weights(self.predict_rows())
 
     def predictor_state(self) -> dict[str, torch.Tensor]:
         """The predictor parameters a package stores (the average when config.ema_decay > 0)."""
