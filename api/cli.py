@@ -148,7 +148,7 @@ _COMPRESS_DEST = "compress."  # argparse dest prefix of the flags of the spec's 
 def _field_flag(g: argparse._ArgumentGroup, name: str, dest: str, field: Any) -> None:
     flag = "--" + name.replace("_", "-")
     helptext = field.description or ""
-    if field.annotation is bool:
+    if field.annotation in (bool, bool | None):
         g.add_argument(flag, dest=dest, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS,
                        help=helptext)
     else:

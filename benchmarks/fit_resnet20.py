@@ -36,6 +36,7 @@ from nern.averaging import ParameterAverage  # noqa: E402
 from nern.checkpoint import sha256_file  # noqa: E402
 from nern.data import load_images, resolve_dataset  # noqa: E402
 from nern.evaluate import evaluate_weights, layer_errors  # noqa: E402
+from nern.precision import describe_cpu  # noqa: E402
 from nern.train import NernRun  # noqa: E402
 
 # The bench recipe (see README, "Performance"): the representation is the reference's
@@ -44,7 +45,7 @@ BENCH = dict(
     hidden=180, layers=5, emb_levels=40, emb_base=1.2, permute="crossfilter",
     batch_size=64, kernel_batch_size=0, optimizer="adam", lr=3e-3, lr_warmup_steps=50,
     w_rec=1.0, w_kd=1e-4, w_fmd=1e-4, rec_normalize=True, data="cifar10", augment=True,
-    threads=2, seed=0, amp=True, ema_decay=0.99,
+    threads=2, seed=0, ema_decay=0.99,  # amp: the library's choice for this machine
 )
 CALIBRATION_STEPS = 20
 
@@ -136,6 +137,8 @@ def main() -> int:
         "curves_averaged": curves_averaged,
         "threads": torch.get_num_threads(),
         "device": str(run.device),
+        "precision": "bf16" if run.amp else "fp32",
+        "cpu": describe_cpu(),
         "config": run.config.model_dump(mode="json"),
     }
     print(json.dumps(result))

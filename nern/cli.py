@@ -65,7 +65,10 @@ def add_fit_options(p: argparse.ArgumentParser) -> None:
                        help=f"{info.description or field} (default: {info.default})")
     p.add_argument("--permute", choices=["none", "infilter", "crossfilter"], default=None,
                    help="kernel permutation smoothing (default: crossfilter)")
-    p.add_argument("--amp", action="store_true", default=None, help="bf16 autocast for the predictor")
+    amp = p.add_mutually_exclusive_group()
+    amp.add_argument("--amp", action="store_true", default=None,
+                     help="bf16 autocast for the predictor (default: only where bf16 is native)")
+    amp.add_argument("--no-amp", dest="amp", action="store_false", help="fp32 predictor products")
 
 
 def config_from_args(args: argparse.Namespace) -> FitConfig:

@@ -48,8 +48,9 @@ class FitConfig(BaseModel):
     optimizer: Literal["ranger", "adam"] = "adam"
     weight_decay: float = Field(0.0, ge=0.0)
     betas: tuple[float, float] = (0.9, 0.999)
-    amp: bool = Field(
-        False, description="bf16 autocast for the predictor's matrix products (CPU with AVX512-BF16, or CUDA)"
+    amp: bool | None = Field(
+        None, description="bf16 autocast for the predictor's matrix products; None = where the hardware "
+                          "runs bf16 natively (CUDA, CPUs with AVX512-BF16 or AMX), fp32 elsewhere",
     )
     grad_clip: float = Field(1.0, ge=0.0, description="0 = no clipping")
     ema_decay: float = Field(

@@ -31,6 +31,7 @@ from .losses import FeatureMapRecorder, distillation_loss, feature_map_loss, rec
 from .optim import learning_rate, make_optimizer
 from .package import Package, build_package
 from .permute import LayerPermutation, permute_network, smoothness
+from .precision import resolve_amp
 from .predictor import KernelPredictor
 from .reconstruct import KernelLayout, find_modeled_layers, run_with_weights
 from .targets import feature_map_modules, load_target
@@ -78,6 +79,7 @@ class NernRun:
         if config.threads:
             torch.set_num_threads(config.threads)
         self.device = resolve_device(config.device)
+        self.amp = resolve_amp(config.amp, self.device)
         self.source_sha256 = source_sha256
         kwargs = {"num_classes": config.num_classes} if config.num_classes else {}
         model, self.arch, self.arch_kwargs = load_target(state_dict, config.arch, **kwargs)
@@ -158,8 +160,8 @@ class NernRun:
         return self.predictor.state_dict()
 
     def _predict(self, embedding: torch.Tensor) -> torch.Tensor:
-        """Predictor forward with gradients; bf16 matrix products when config.amp."""
-        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.config.amp):
+        """Predictor forward with gradients; bf16 matrix products when amp resolved to on."""
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
             out = self.predictor(embedding)
         return out.float()
 
@@ -343,6 +345,7 @@ def fit(
         "train_seconds": round(run.train_seconds, 2),
         "wall_seconds": round(time.perf_counter() - start_wall, 2),
         "permute_seconds": round(run.permute_seconds, 2),
+        "precision": "bf16" if run.amp else "fp32",
         "resumed_from_step": run.resumed_from_step,
         "final_losses": run.history[-1] if run.history else {},
         "relative_weight_error": layer_errors(weights, originals, total=True),
