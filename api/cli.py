@@ -97,7 +97,7 @@ def _fail(msg: str, code: int = 1) -> int:
 
 def _settings(args: argparse.Namespace):
     """Settings from the environment, with --data-dir as NERN_HOME (also for child processes)."""
-    from .settings import Settings
+    from .jobstore.settings import Settings
 
     if getattr(args, "data_dir", None):
         os.environ["NERN_HOME"] = str(args.data_dir)
@@ -128,7 +128,7 @@ def _fit_flags(p: argparse.ArgumentParser) -> None:
     """One flag per spec field, named as `nern fit` names them (`batch_size` → --batch-size)."""
     from nern.config import CompressConfig
 
-    from .schemas import JobSpec
+    from .jobstore.spec import JobSpec
 
     g = p.add_argument_group("fit settings (the job spec; defaults are the server's)")
     for name, field in JobSpec.model_fields.items():
@@ -164,7 +164,7 @@ def _json_value(text: str) -> Any:
 
 
 def _spec_from_args(args: argparse.Namespace) -> tuple[dict[str, Any], dict[str, Path]]:
-    from .schemas import JobSpec
+    from .jobstore.spec import JobSpec
 
     spec = {k: getattr(args, k) for k in JobSpec.model_fields if hasattr(args, k) and k != "name"}
     flags = {k[len(_COMPRESS_DEST):]: v for k, v in vars(args).items() if k.startswith(_COMPRESS_DEST)}
@@ -308,8 +308,8 @@ def cmd_jobs_retry(args: argparse.Namespace) -> int:
 
 
 def cmd_keys_create(args: argparse.Namespace) -> int:
-    from . import crud
-    from .db import migrate, session_scope
+    from .jobstore import crud
+    from .jobstore.db import migrate, session_scope
 
     settings = _settings(args)
     settings.ensure_dirs()
@@ -321,8 +321,8 @@ def cmd_keys_create(args: argparse.Namespace) -> int:
 
 
 def cmd_keys_revoke(args: argparse.Namespace) -> int:
-    from . import crud
-    from .db import migrate, session_scope
+    from .jobstore import crud
+    from .jobstore.db import migrate, session_scope
 
     settings = _settings(args)
     migrate(settings.database_url)
@@ -335,8 +335,8 @@ def cmd_keys_revoke(args: argparse.Namespace) -> int:
 
 
 def cmd_keys_list(args: argparse.Namespace) -> int:
-    from . import crud
-    from .db import migrate, session_scope
+    from .jobstore import crud
+    from .jobstore.db import migrate, session_scope
 
     settings = _settings(args)
     migrate(settings.database_url)
@@ -354,7 +354,7 @@ def default_queues() -> str:
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
-    from .db import migrate
+    from .jobstore.db import migrate
 
     settings = _settings(args)
     settings.ensure_dirs()
@@ -376,8 +376,8 @@ def cmd_worker(args: argparse.Namespace) -> int:
 def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
-    from . import crud
-    from .db import migrate, session_scope
+    from .jobstore import crud
+    from .jobstore.db import migrate, session_scope
     from .main import create_app
 
     settings = _settings(args)

@@ -68,9 +68,9 @@ def _top1(model, images, labels) -> float:
 
 def run_demo(stop: bool, *, steps: int = 300, port: int = 8000, home: str | os.PathLike | None = None) -> int:
     """Run the main job end to end through the embedded service; returns an exit code."""
-    from . import crud
-    from .db import migrate, session_scope
-    from .settings import Settings
+    from .jobstore import crud
+    from .jobstore.db import migrate, session_scope
+    from .jobstore.settings import Settings
 
     if home is not None:
         os.environ["NERN_HOME"] = str(home)

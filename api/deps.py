@@ -10,10 +10,10 @@ from fastapi import Depends, Request
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
-from . import crud
-from .db import get_sessionmaker, session_scope
+from .jobstore import crud
+from .jobstore.db import get_sessionmaker, session_scope
+from .jobstore.settings import Settings
 from .problems import ProblemError
-from .settings import Settings
 
 
 def get_app_settings(request: Request) -> Settings:

@@ -12,9 +12,9 @@ import threading
 
 from celery import Celery
 
-from . import crud
-from .db import session_scope
-from .settings import Settings
+from .jobstore import crud
+from .jobstore.db import session_scope
+from .jobstore.settings import Settings
 
 log = logging.getLogger("nern.api")
 

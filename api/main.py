@@ -9,13 +9,14 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 from starlette.concurrency import run_in_threadpool
 
-from . import crud, problems
-from .db import migrate, session_scope
+from . import problems
 from .deps import KeyCache
 from .dispatch import Dispatcher
+from .jobstore import crud
+from .jobstore.artifacts import ArtifactStore
+from .jobstore.db import migrate, session_scope
+from .jobstore.settings import Settings, get_settings
 from .routes import dashboard, health, jobs
-from .settings import Settings, get_settings
-from .store import ArtifactStore
 from .telemetry import HttpMetrics, MetricsMiddleware
 
 log = logging.getLogger("nern.api")

@@ -7,31 +7,6 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from nern.config import CompressConfig, FitConfig
-
-
-class JobSpec(FitConfig):
-    """What `POST /jobs` accepts in its `spec` part: every `nern fit` setting, plus job fields.
-
-    `data` / `eval_data` name 'cifar10' (the shipped training subset), 'cifar10-test' (the test
-    set), 'noise' (`data` only), the name of an uploaded .npz part of the same request, or a
-    file name in the server's dataset folder (NERN_DATA_DIR). Paths on the server are refused.
-    `compress` ({"prune": 0.5, "quantize": "int8", "finetune_steps": 0}) makes the served
-    predictor.nern a compressed copy; its accuracy is what the job reports.
-    """
-
-    name: str | None = Field(None, max_length=200, description="free label shown in lists")
-    compress: CompressConfig | None = Field(
-        None,
-        description="compress the predictor after the fit (prune, quantize, finetune_steps); "
-        "null = serve the fitted predictor as is",
-    )
-
-    def fit_config(self, **overrides: Any) -> FitConfig:
-        data = self.model_dump(exclude={"name", "compress"})
-        data.update(overrides)
-        return FitConfig.model_validate(data)
-
 
 class JobStatus(BaseModel):
     """JobPublic without its two JSON documents (the status route splices those in as stored)."""

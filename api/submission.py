@@ -30,13 +30,13 @@ from nern.checkpoint import load_state_dict_bytes
 from nern.errors import CheckpointError, TargetError, UnsafeCheckpointError
 from nern.targets import load_target
 
-from . import crud
-from .models import Job
+from .jobstore import crud
+from .jobstore.artifacts import ArtifactStore
+from .jobstore.models import Job
+from .jobstore.settings import Settings
+from .jobstore.spec import JobSpec
+from .jobstore.states import JobState, queue_for_device
 from .problems import ProblemError, validation_detail
-from .schemas import JobSpec
-from .settings import Settings
-from .states import JobState, queue_for_device
-from .store import ArtifactStore
 from .uploads import Upload
 
 _PART_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}\.npz$")
@@ -234,11 +234,6 @@ def submit_job(
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return job, True
-
-
-def checkpoint_path(store: ArtifactStore, job: Job) -> Path:
-    """The stored upload of a job (the one file in its input folder named checkpoint.*)."""
-    return next(store.input_dir(job.id).glob("checkpoint.*"))
 
 
 def _replay(job: Job, digest: str) -> Job:

@@ -4,7 +4,7 @@
 
 - acks_late + reject_on_worker_lost + prefetch 1: a message is acknowledged only when its task
   ends, so a worker killed mid-job gives the job back instead of losing it. Redelivery has no
-  counter of its own: attempts are counted in the jobs table (`api.crud.claim_job`).
+  counter of its own: attempts are counted in the jobs table (`api.jobstore.crud.claim_job`).
 - Redis visibility_timeout must exceed the longest job, or Redis hands a second copy to another
   worker while the first still runs; the DB lease makes such a copy a no-op anyway.
 - No result backend: the jobs table holds every result.
@@ -15,7 +15,7 @@ from __future__ import annotations
 from celery import Celery
 from kombu import Queue
 
-from api.settings import Settings, get_settings
+from api.jobstore.settings import Settings, get_settings
 
 TASK_RUN_JOB = "nern.run_job"
 

@@ -14,9 +14,9 @@ import threading
 import time
 import uuid
 
-from api import crud
-from api.db import session_scope
-from api.settings import Settings
+from api.jobstore import crud
+from api.jobstore.db import session_scope
+from api.jobstore.settings import Settings
 
 log = logging.getLogger("nern.worker")
 

@@ -19,14 +19,13 @@ from typing import Any
 
 from sqlalchemy.exc import InterfaceError, OperationalError
 
-from api import crud
-from api.db import session_scope
-from api.models import Job
-from api.schemas import JobSpec
-from api.settings import Settings, get_settings
-from api.states import JobState
-from api.store import ArtifactStore
-from api.submission import checkpoint_path
+from api.jobstore import crud
+from api.jobstore.artifacts import ArtifactStore
+from api.jobstore.db import session_scope
+from api.jobstore.models import Job
+from api.jobstore.settings import Settings, get_settings
+from api.jobstore.spec import JobSpec
+from api.jobstore.states import JobState
 
 from .celery_app import TASK_RUN_JOB, app
 from .lease import Lease, worker_identity
@@ -75,7 +74,7 @@ def _run(job: Job, settings: Settings, lease: Lease) -> tuple[JobState, str | No
 
         spec = JobSpec.model_validate(job.spec)
         config = spec.fit_config(arch=job.arch)
-        state_dict = load_state_dict(checkpoint_path(store, job))
+        state_dict = load_state_dict(store.checkpoint_path(job.id))
 
         def on_progress(p: train.Progress) -> None:
             lease.report(

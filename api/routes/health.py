@@ -6,8 +6,8 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, PlainTextResponse
 from starlette.concurrency import run_in_threadpool
 
-from .. import crud
-from ..db import ping, session_scope
+from ..jobstore import crud
+from ..jobstore.db import ping, session_scope
 
 router = APIRouter(tags=["health"])
 

@@ -9,10 +9,10 @@ from fastapi import APIRouter, Header, Query, Request, Response
 from fastapi.responses import StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
-from .. import crud
-from ..db import get_engine, get_sessionmaker
 from ..deps import SessionDep, SettingsDep, TenantDep
-from ..models import Job
+from ..jobstore import crud
+from ..jobstore.db import get_engine, get_sessionmaker
+from ..jobstore.models import Job
 from ..problems import ProblemError
 from ..schemas import (
     ArtifactList,

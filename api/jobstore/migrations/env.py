@@ -1,13 +1,13 @@
-"""Alembic environment: run with the connection `api.db.migrate` hands over."""
+"""Alembic environment: run with the connection `api.jobstore.db.migrate` hands over."""
 
 from alembic import context
 
-from api.models import Base
+from api.jobstore.models import Base
 
 connection = context.config.attributes.get("connection")
-if connection is None:  # `alembic -c api/alembic.ini ...` from the command line
-    from api.db import get_engine
-    from api.settings import get_settings
+if connection is None:  # `alembic -c api/jobstore/alembic.ini ...` from the command line
+    from api.jobstore.db import get_engine
+    from api.jobstore.settings import get_settings
 
     connection = get_engine(get_settings().database_url).connect()
 

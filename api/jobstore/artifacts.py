@@ -52,6 +52,10 @@ class ArtifactStore:
     def work_dir(self, job_id: str) -> Path:
         return self.job_dir(job_id) / "work"
 
+    def checkpoint_path(self, job_id: str) -> Path:
+        """The stored upload of a job (the one file in its input folder named checkpoint.*)."""
+        return next(self.input_dir(job_id).glob("checkpoint.*"))
+
     def artifact_path(self, job_id: str, name: str) -> Path:
         return self.job_dir(job_id) / "artifacts" / name
 
