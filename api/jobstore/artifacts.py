@@ -9,12 +9,13 @@ Files are written under a temporary name and renamed, so a reader never sees hal
 
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
 import uuid
 from collections.abc import Callable
 from pathlib import Path
+
+from nern.io import atomic_write, sha256_and_size
 
 MEDIA_TYPES = {
     ".nern": "application/vnd.nern.package",
@@ -27,16 +28,6 @@ MEDIA_TYPES = {
 
 def media_type_for(name: str) -> str:
     return MEDIA_TYPES.get(Path(name).suffix, "application/octet-stream")
-
-
-def sha256_and_size(path: Path) -> tuple[str, int]:
-    h = hashlib.sha256()
-    size = 0
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-            size += len(chunk)
-    return h.hexdigest(), size
 
 
 class ArtifactStore:
@@ -79,11 +70,10 @@ class ArtifactStore:
         """Run `write(tmp_path)`, then publish the file; returns (name, size, sha256, media type)."""
         final = self.artifact_path(job_id, name)
         final.parent.mkdir(parents=True, exist_ok=True)
-        tmp = final.with_name(f".{name}.{uuid.uuid4().hex}.tmp")
-        try:
+
+        def write_and_hash(tmp: Path) -> tuple[str, int]:
             write(tmp)
-            sha, size = sha256_and_size(tmp)
-            os.replace(tmp, final)
-        finally:
-            tmp.unlink(missing_ok=True)
+            return sha256_and_size(tmp)
+
+        sha, size = atomic_write(final, write_and_hash)
         return name, size, sha, media_type_for(name)
