@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
 from .data import normalize
 from .reconstruct import run_with_weights
+
+if TYPE_CHECKING:
+    from .package import Package
 
 
 @torch.no_grad()
@@ -71,3 +75,21 @@ def top1(model: nn.Module, weights: Mapping[str, torch.Tensor] | None, images_u8
         out = model(x) if weights is None else run_with_weights(model, weights, x)
         correct += int((out.argmax(1) == labels[s : s + batch_size].to(dev)).sum())
     return round(100.0 * correct / images_u8.shape[0], 2)
+
+
+def evaluate_package(package: Package, state_dict: Mapping[str, torch.Tensor],
+                     data: tuple[torch.Tensor, torch.Tensor] | None = None, *,
+                     device: torch.device | str = "cpu") -> dict:
+    """How well `package` reproduces the network whose weights are `state_dict`: the relative
+    weight error (total and per layer) and, with labelled `data` (uint8 images, labels), the
+    top-1 of the original and of the reconstruction and their agreement (`evaluate_weights`).
+
+    The one evaluation of a package: fit, deliver, the CLI commands and the demo call it."""
+    network = package.original_network(state_dict).to(device)
+    predicted = {k: v.to(device) for k, v in package.model().to(device).weights().items()}
+    originals = {n: state_dict[n] for n in predicted}
+    out = {"relative_weight_error": layer_errors(predicted, originals, total=True),
+           "layer_errors": layer_errors(predicted, originals)}
+    if data is not None:
+        out.update(evaluate_weights(network, predicted, *data, device=device))
+    return out
