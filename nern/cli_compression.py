@@ -62,6 +62,13 @@ def _eval_data(data: str, limit: int | None, package):
     return load_labelled(data, package.image_size, limit)
 
 
+def _bar(total: int | None, desc: str, unit: str):
+    """A progress bar on a terminal (none when stderr is not one)."""
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=desc, unit=unit, dynamic_ncols=True, disable=None)
+
+
 def _check_out_file(out: Path) -> None:
     if out.is_dir():
         raise ConfigError(f"--out {out} is a directory; give a file name")
@@ -91,8 +98,9 @@ def cmd_importance(args: argparse.Namespace) -> int:
         for i, name in enumerate(maps.layers):
             importance_heatmap(maps.kernel_error[name], heat / f"{i:02d}_{name.removesuffix('.weight')}.png",
                                name.removesuffix(".weight"))
-        rows = pruning_curve(model, sd, maps, images, labels, fractions=args.fractions,
-                             methods=args.methods, seed=args.seed)
+        with _bar(len(args.fractions), "pruning curve", "fraction") as bar:
+            rows = pruning_curve(model, sd, maps, images, labels, fractions=args.fractions,
+                                 methods=args.methods, seed=args.seed, on_row=lambda _row: bar.update())
         pruning_curve_figure(rows, tmp / "pruning_curve.png")
         result = {"eval_images": int(labels.shape[0]), "original_top1": top1(model, None, images, labels),
                   "curve": rows, "layers": maps.summary()}
@@ -120,11 +128,12 @@ def cmd_compress(args: argparse.Namespace) -> int:
         raise ConfigError("--data needs --checkpoint to evaluate the reconstruction")
     package = load_package(args.package)
     sd = load_state_dict(args.checkpoint) if args.checkpoint else None
-    small, report = compress_package(
-        package, prune=args.prune, quantize=args.quantize, finetune_steps=args.finetune_steps,
-        original_state_dict=sd, finetune_lr=args.finetune_lr, sparse=False if args.dense else None,
-        threads=args.threads,
-    )
+    with _bar(args.finetune_steps, "fine-tuning", "step") as bar:
+        small, report = compress_package(
+            package, prune=args.prune, quantize=args.quantize, finetune_steps=args.finetune_steps,
+            original_state_dict=sd, finetune_lr=args.finetune_lr, sparse=False if args.dense else None,
+            threads=args.threads, on_step=lambda _step, _losses: bar.update(),
+        )
     if args.data:
         from .evaluate import evaluate_package
 
@@ -158,8 +167,10 @@ def cmd_compress_sweep(args: argparse.Namespace) -> int:
     package, sd = _load_pair(args)
     images, labels = _eval_data(args.data, args.limit, package)
     with _output_dir(args.out) as tmp:
-        sweep = compression_sweep(package, sd, images, labels, fractions=args.fractions, dtypes=args.dtypes,
-                                  finetune_steps=args.finetune_steps, threads=args.threads)
+        with _bar(None, "compression sweep", "row") as bar:
+            sweep = compression_sweep(package, sd, images, labels, fractions=args.fractions, dtypes=args.dtypes,
+                                      finetune_steps=args.finetune_steps, threads=args.threads,
+                                      on_row=lambda _row: bar.update())
         table = sweep_table(sweep)
         (tmp / "sweep.json").write_text(json.dumps(sweep, indent=2))
         (tmp / "sweep.md").write_text(table + "\n")

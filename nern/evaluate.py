@@ -15,7 +15,13 @@ if TYPE_CHECKING:
     from .package import Package
 
 
-@torch.no_grad()
+def eval_batch_size(device: torch.device | str) -> int:
+    """Images per forward pass when scoring: large on a GPU, moderate on a CPU (where larger
+    batches stop paying off and only cost memory)."""
+    return 4096 if torch.device(device).type == "cuda" else 1000
+
+
+@torch.inference_mode()
 def evaluate_weights(
     model: nn.Module,
     weights: Mapping[str, torch.Tensor] | None,
@@ -23,7 +29,7 @@ def evaluate_weights(
     labels: torch.Tensor,
     *,
     device: torch.device | str = "cpu",
-    batch_size: int = 500,
+    batch_size: int | None = None,
 ) -> dict:
     """Top-1 (percent) of `model` as is and with `weights` swapped in, and their agreement.
 
@@ -31,6 +37,7 @@ def evaluate_weights(
     """
     model.eval()
     n = images_u8.shape[0]
+    batch_size = batch_size or eval_batch_size(device)
     correct_o = correct_r = agree = 0
     for s in range(0, n, batch_size):
         x = normalize(images_u8[s : s + batch_size].to(device))
@@ -62,13 +69,14 @@ def layer_errors(
     }
 
 
-@torch.no_grad()
+@torch.inference_mode()
 def top1(model: nn.Module, weights: Mapping[str, torch.Tensor] | None, images_u8: torch.Tensor,
-         labels: torch.Tensor, batch_size: int = 500) -> float:
+         labels: torch.Tensor, batch_size: int | None = None) -> float:
     """Top-1 (percent) of `model` with `weights` swapped in (None = as is). Unlike
     `evaluate_weights` it runs one network only, which halves a sweep's time."""
     model.eval()
     dev = next(model.parameters()).device
+    batch_size = batch_size or eval_batch_size(dev)
     correct = 0
     for s in range(0, images_u8.shape[0], batch_size):
         x = normalize(images_u8[s : s + batch_size].to(dev))
