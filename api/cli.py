@@ -1,6 +1,8 @@
 """`nern serve | worker | keys | jobs` — registered into the `nern` command by nern/cli.py.
 
-Every command returns an exit code; errors are one line on stderr.
+Every command returns an exit code: 0, or 2 with one line `nern: error: ...` on stderr (130
+when interrupted). Errors of the server (`api.client.ApiError`), of the database and of local
+files all end that way, never with a traceback.
 """
 
 from __future__ import annotations
@@ -17,6 +19,26 @@ from pathlib import Path
 from typing import Any
 
 from .client import ApiError, NernClient
+from .jobstore.states import JobState
+
+
+def _guarded(func):
+    """Database and file errors of a local command (serve, worker, keys) as one error line."""
+
+    def run(args: argparse.Namespace) -> int:
+        from sqlalchemy.exc import SQLAlchemyError
+
+        try:
+            return func(args)
+        except SQLAlchemyError as e:
+            return _fail(f"database: {type(e).__name__}: {str(e.orig if getattr(e, 'orig', None) else e)[:300]}")
+        except OSError as e:
+            return _fail(f"{e.filename or ''}: {e.strerror or e}")
+        except KeyboardInterrupt:
+            return _fail("interrupted", 130)
+
+    run.__name__ = func.__name__
+    return run
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -27,14 +49,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--data-dir", type=Path, help="folder of the embedded deployment (NERN_HOME)")
     p.add_argument("--no-worker", action="store_true", help="do not start a worker (workers run elsewhere)")
     p.add_argument("--queues", help="queues of the started worker (default: cpu, plus gpu with CUDA)")
-    p.set_defaults(func=cmd_serve)
+    p.set_defaults(func=_guarded(cmd_serve))
 
     p = subparsers.add_parser("worker", help="start a Celery worker for the job queues")
     p.add_argument("--queues", help="comma-separated: gpu,cpu (default: cpu, plus gpu with CUDA)")
     p.add_argument("--concurrency", type=int, default=1, help="jobs run at once (default 1)")
     p.add_argument("--data-dir", type=Path, help="NERN_HOME of the embedded deployment")
     p.add_argument("--loglevel", default="INFO")
-    p.set_defaults(func=cmd_worker)
+    p.set_defaults(func=_guarded(cmd_worker))
 
     keys = subparsers.add_parser("keys", help="create, revoke and list API keys").add_subparsers(
         dest="keys_command", required=True
@@ -42,14 +64,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p = keys.add_parser("create", help="create a key for a tenant (created if new) and print it")
     p.add_argument("--tenant", required=True)
     p.add_argument("--data-dir", type=Path)
-    p.set_defaults(func=cmd_keys_create)
+    p.set_defaults(func=_guarded(cmd_keys_create))
     p = keys.add_parser("revoke", help="revoke a key (the key, or the prefix `keys list` shows)")
     p.add_argument("key")
     p.add_argument("--data-dir", type=Path)
-    p.set_defaults(func=cmd_keys_revoke)
+    p.set_defaults(func=_guarded(cmd_keys_revoke))
     p = keys.add_parser("list", help="list keys (prefix, tenant, created, revoked)")
     p.add_argument("--data-dir", type=Path)
-    p.set_defaults(func=cmd_keys_list)
+    p.set_defaults(func=_guarded(cmd_keys_list))
 
     jobs = subparsers.add_parser("jobs", help="submit and follow jobs on a server").add_subparsers(
         dest="jobs_command", required=True
@@ -69,7 +91,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_jobs_status)
     p = jobs.add_parser("list", help="list jobs, newest first")
     _client_args(p)
-    p.add_argument("--state", action="append", choices=["queued", "running", "succeeded", "failed", "cancelled"])
+    p.add_argument("--state", action="append", choices=[s.value for s in JobState])
     p.add_argument("--arch")
     p.add_argument("--limit", type=int, default=20)
     p.add_argument("--json", action="store_true")
@@ -90,7 +112,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 # ----------------------------------------------------------------------------- helpers
 
 
-def _fail(msg: str, code: int = 1) -> int:
+def _fail(msg: str, code: int = 2) -> int:
+    msg = " ".join(str(msg).split())  # one line, whatever the message (driver errors span several)
     print(f"nern: error: {msg}", file=sys.stderr)
     return code
 

@@ -35,7 +35,7 @@ from .jobstore.artifacts import ArtifactStore
 from .jobstore.models import Job
 from .jobstore.settings import Settings
 from .jobstore.spec import JobSpec
-from .jobstore.states import JobState, queue_for_device
+from .jobstore.states import JobState, Stage, queue_for_device
 from .problems import ProblemError, validation_detail
 from .uploads import Upload
 
@@ -207,7 +207,7 @@ def submit_job(
             (staging / name).write_bytes(data)
         job = Job(
             id=job_id, tenant_id=tenant_id, name=spec.name, arch=arch, queue=queue_for_device(spec.device),
-            spec=stored_spec, state=JobState.queued.value, stage="queued", progress=0.0, step=0,
+            spec=stored_spec, state=JobState.queued.value, stage=Stage.queued.value, progress=0.0, step=0,
             total_steps=spec.steps, attempts=0, max_attempts=settings.max_attempts, cancel_requested=False,
             created_at=crud.utcnow(), checkpoint_name=files.checkpoint_name,
             checkpoint_sha256=hashlib.sha256(files.checkpoint).hexdigest(),

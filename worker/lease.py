@@ -17,6 +17,7 @@ import uuid
 from api.jobstore import crud
 from api.jobstore.db import session_scope
 from api.jobstore.settings import Settings
+from api.jobstore.states import Stage
 
 log = logging.getLogger("nern.worker")
 
@@ -36,7 +37,7 @@ class Lease:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._beat, name=f"lease-{job_id[:8]}", daemon=True)
         self._last_progress = 0.0
-        self._last_stage = ""
+        self._last_stage: Stage | None = None
 
     def __enter__(self) -> Lease:
         self._thread.start()
@@ -67,7 +68,7 @@ class Lease:
 
     def report(
         self,
-        stage: str,
+        stage: Stage,
         *,
         step: int = 0,
         total_steps: int = 0,

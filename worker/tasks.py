@@ -25,7 +25,7 @@ from api.jobstore.db import session_scope
 from api.jobstore.models import Job
 from api.jobstore.settings import Settings, get_settings
 from api.jobstore.spec import JobSpec
-from api.jobstore.states import JobState
+from api.jobstore.states import JobState, Stage
 
 from .celery_app import TASK_RUN_JOB, app
 from .lease import Lease, worker_identity
@@ -78,7 +78,7 @@ def _run(job: Job, settings: Settings, lease: Lease) -> tuple[JobState, str | No
 
         def on_progress(p: train.Progress) -> None:
             lease.report(
-                p.stage, step=p.step, total_steps=p.total_steps, eta_seconds=p.eta_s, losses=dict(p.losses) or None,
+                Stage(p.stage), step=p.step, total_steps=p.total_steps, eta_seconds=p.eta_s, losses=dict(p.losses) or None,
                 lr=p.lr, elapsed_s=p.elapsed_s,
             )
 
@@ -88,10 +88,10 @@ def _run(job: Job, settings: Settings, lease: Lease) -> tuple[JobState, str | No
             state_dict, config, work_dir=work_dir, on_progress=on_progress, should_stop=lease.should_stop,
             source_sha256=job.checkpoint_sha256,
         )
-        lease.report("compressing", step=config.steps, total_steps=config.steps)
+        lease.report(Stage.compressing, step=config.steps, total_steps=config.steps)
         out = deliver(result, state_dict, config, spec.compress, on_progress=on_progress,
                       should_stop=lease.should_stop)
-        lease.report("compressing", step=config.steps, total_steps=config.steps)  # fine-tuning counted its own
+        lease.report(Stage.compressing, step=config.steps, total_steps=config.steps)  # fine-tuning counted its own
 
         artifacts: list[tuple[str, int, str, str]] = []  # (name, size, sha256, media type)
 

@@ -19,7 +19,7 @@ from sqlalchemy import Engine, RowMapping, Text, and_, bindparam, cast, func, or
 from sqlalchemy.orm import Session
 
 from .models import ApiKey, Artifact, Job, MetricPoint, Tenant
-from .states import RETRYABLE, JobState, overall_progress
+from .states import RETRYABLE, JobState, Stage, overall_progress
 
 KEY_PREFIX = "nern_"
 
@@ -184,7 +184,7 @@ def retry_job(session: Session, job: Job) -> bool:
         update(Job)
         .where(Job.id == job.id, Job.state.in_([s.value for s in RETRYABLE]))
         .values(
-            state=JobState.queued.value, stage="queued", attempts=0, cancel_requested=False, error=None,
+            state=JobState.queued.value, stage=Stage.queued.value, attempts=0, cancel_requested=False, error=None,
             lease_owner=None, lease_expires_at=None, published_at=None, finished_at=None,
         )
     )
@@ -231,7 +231,7 @@ def expire_leases(session: Session) -> int:
     changed += session.execute(
         update(Job)
         .where(lapsed)
-        .values(state=JobState.queued.value, stage="queued", lease_owner=None, published_at=None)
+        .values(state=JobState.queued.value, stage=Stage.queued.value, lease_owner=None, published_at=None)
     ).rowcount
     return changed
 
@@ -281,7 +281,7 @@ def claim_job(session: Session, job_id: str, owner: str, lease_seconds: float) -
             ),
         )
         .values(
-            state=JobState.running.value, stage="loading", attempts=Job.attempts + 1, lease_owner=owner,
+            state=JobState.running.value, stage=Stage.loading.value, attempts=Job.attempts + 1, lease_owner=owner,
             lease_expires_at=now + timedelta(seconds=lease_seconds), heartbeat_at=now, error=None,
         )
     )
@@ -317,7 +317,7 @@ def record_progress(
     owner: str,
     *,
     attempt: int,
-    stage: str,
+    stage: Stage,
     step: int = 0,
     total_steps: int = 0,
     eta_seconds: float | None = None,
@@ -330,7 +330,7 @@ def record_progress(
         update(Job)
         .where(Job.id == job_id, Job.lease_owner == owner, Job.state == JobState.running.value)
         .values(
-            stage=stage, step=step, total_steps=total_steps, eta_seconds=eta_seconds,
+            stage=Stage(stage).value, step=step, total_steps=total_steps, eta_seconds=eta_seconds,
             progress=overall_progress(stage, step, total_steps),
         )
     )
@@ -339,7 +339,7 @@ def record_progress(
     if losses is not None:
         session.add(
             MetricPoint(
-                job_id=job_id, attempt=attempt, stage=stage, step=step, lr=lr, elapsed_s=elapsed_s,
+                job_id=job_id, attempt=attempt, stage=Stage(stage).value, step=step, lr=lr, elapsed_s=elapsed_s,
                 losses={k: float(v) for k, v in losses.items()},
             )
         )
@@ -361,7 +361,7 @@ def finish_job(
         update(Job)
         .where(Job.id == job_id, Job.lease_owner == owner, Job.state == JobState.running.value)
         .values(
-            state=JobState.succeeded.value, stage="done", progress=1.0, eta_seconds=0.0, finished_at=now,
+            state=JobState.succeeded.value, stage=Stage.done.value, progress=1.0, eta_seconds=0.0, finished_at=now,
             summary=summary, resumed_from_step=resumed_from_step, lease_owner=None, lease_expires_at=None,
         )
     )

@@ -59,11 +59,6 @@ class Settings(BaseSettings):
         self.artifact_root = self.artifact_root.expanduser().resolve()
         return self
 
-    @property
-    def embedded_broker(self) -> bool:
-        """True when the broker needs no server, so `nern serve` starts the worker itself."""
-        return self.broker_url.startswith(("sqla+sqlite", "filesystem"))
-
     def ensure_dirs(self) -> None:
         self.home.mkdir(parents=True, exist_ok=True)
         self.artifact_root.mkdir(parents=True, exist_ok=True)
