@@ -21,6 +21,7 @@ from sqlalchemy.exc import InterfaceError, OperationalError
 
 from api.jobstore import crud
 from api.jobstore.artifacts import ArtifactStore
+from api.jobstore.datasets import DataPartError, check_npz, resolve_data
 from api.jobstore.db import session_scope
 from api.jobstore.models import Job
 from api.jobstore.settings import Settings, get_settings
@@ -71,10 +72,17 @@ def _run(job: Job, settings: Settings, lease: Lease) -> tuple[JobState, str | No
         from nern import train
         from nern.checkpoint import load_state_dict
         from nern.deliver import deliver
+        from nern.targets import load_target
 
         spec = JobSpec.model_validate(job.spec)
-        config = spec.fit_config(arch=job.arch)
         state_dict = load_state_dict(store.checkpoint_path(job.id))
+        _model, _name, target_kwargs = load_target(state_dict, job.arch)
+        del _model
+        config = spec.fit_config(
+            arch=job.arch,
+            data=_data_source(store, settings, job.id, "data", spec.data, target_kwargs),
+            eval_data=_data_source(store, settings, job.id, "eval_data", spec.eval_data, target_kwargs),
+        )
 
         def on_progress(p: train.Progress) -> None:
             lease.report(
@@ -121,11 +129,33 @@ def _run(job: Job, settings: Settings, lease: Lease) -> tuple[JobState, str | No
         return JobState.succeeded, None
     except CancelledError:
         return JobState.cancelled, None if lease.cancel_requested else "stopped: the lease was lost"
-    except NernError as e:
-        return JobState.failed, str(e)
+    except (NernError, DataPartError) as e:
+        return JobState.failed, _public_error(str(e), store, settings, job.id)
     except Exception as e:  # a bug, not the user's input: keep the trace in the worker's log
         log.exception("job %s failed", job.id)
-        return JobState.failed, f"internal error: {type(e).__name__}: {str(e)[:300]}"
+        return JobState.failed, _public_error(f"internal error: {type(e).__name__}: {str(e)[:300]}", store,
+                                              settings, job.id)
+
+
+def _data_source(store: ArtifactStore, settings: Settings, job_id: str, field: str, value: str | None,
+                 target_kwargs: dict[str, Any]) -> str | None:
+    """The spec's data name as a path on this machine; an uploaded part is checked again by the
+    validator the API used (api.jobstore.datasets), so a job runs only what was accepted."""
+    input_dir = store.input_dir(job_id)
+    resolved = resolve_data(value, input_dir, settings.data_dir)
+    if resolved is not None and Path(resolved).parent == input_dir:
+        check_npz(Path(resolved), Path(resolved).name, labelled=field == "eval_data",
+                  num_classes=target_kwargs.get("num_classes"), max_bytes=settings.max_data_bytes)
+    return resolved
+
+
+def _public_error(message: str, store: ArtifactStore, settings: Settings, job_id: str) -> str:
+    """A job's error as its owner sees it: part and file names, never server paths."""
+    for folder, shown in ((store.input_dir(job_id), ""), (settings.data_dir, ""),
+                          (store.job_dir(job_id), ""), (settings.artifact_root, "")):
+        if folder is not None:
+            message = message.replace(str(folder) + "/", shown).replace(str(folder), shown or "<server>")
+    return message
 
 
 def _jsonable(obj: Any) -> Any:

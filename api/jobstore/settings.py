@@ -29,6 +29,9 @@ class Settings(BaseSettings):
     # uploads
     max_upload_bytes: int = Field(512 * 2**20, ge=1, description="whole multipart body; larger is 413")
     max_upload_parts: int = Field(8, ge=2)
+    max_data_bytes: int = Field(
+        2 * 2**30, ge=1, description="an .npz data part's arrays, uncompressed (absolute limit, bytes)"
+    )
 
     # job lifecycle
     lease_seconds: float = Field(60.0, gt=0, description="a worker that misses heartbeats this long loses the job")

@@ -91,7 +91,7 @@ async def create_job(
     upload = await read_upload(request, settings.max_upload_bytes, settings.max_upload_parts)
     try:
         def submit() -> tuple[Job, bool]:
-            files = collect_files(upload)
+            files = collect_files(upload, store)
             with get_sessionmaker(settings.database_url)() as session:
                 return submit_job(session, store, settings, tenant_id, files, idempotency_key)
 
