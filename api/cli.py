@@ -53,7 +53,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     p = subparsers.add_parser("worker", help="start a Celery worker for the job queues")
     p.add_argument("--queues", help="comma-separated: gpu,cpu (default: cpu, plus gpu with CUDA)")
-    p.add_argument("--concurrency", type=int, default=1, help="jobs run at once (default 1)")
+    p.add_argument("--concurrency", type=int,
+                   help="jobs run at once (default: GPUs × NERN_JOBS_PER_GPU with the gpu queue, else 1)")
     p.add_argument("--data-dir", type=Path, help="NERN_HOME of the embedded deployment")
     p.add_argument("--loglevel", default="INFO")
     p.set_defaults(func=_guarded(cmd_worker))
@@ -371,9 +372,10 @@ def cmd_keys_list(args: argparse.Namespace) -> int:
 
 
 def default_queues() -> str:
-    import torch
+    """gpu,cpu on a node with GPUs — found without touching CUDA in this (parent) process."""
+    from worker.devices import default_queues as queues
 
-    return "gpu,cpu" if torch.cuda.is_available() else "cpu"
+    return queues()
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
@@ -388,12 +390,30 @@ def cmd_worker(args: argparse.Namespace) -> int:
     bad = [q for q in queues.split(",") if q not in ("gpu", "cpu")]
     if bad:
         return _fail(f"unknown queue {bad[0]!r}; queues are gpu and cpu")
+    concurrency = args.concurrency
+    if concurrency is None:
+        from worker.devices import visible_gpus
+
+        gpus = len(visible_gpus()) if "gpu" in queues.split(",") else 0
+        concurrency = max(1, gpus * settings.jobs_per_gpu)
+    if concurrency < 1:
+        return _fail("--concurrency must be at least 1")
     app = make_celery(settings)
     app.worker_main([
-        "worker", "-Q", queues, "-c", str(args.concurrency), "--loglevel", args.loglevel,
+        "worker", "-Q", queues, "-c", str(concurrency), "--loglevel", args.loglevel,
         "-n", f"nern-{os.getpid()}@%h", "--without-gossip", "--without-mingle", "--without-heartbeat",
     ])
     return 0
+
+
+def _die_with_parent() -> None:
+    """In the embedded worker (before exec): the kernel sends it SIGTERM when `nern serve` dies,
+    even by SIGKILL, so no worker outlives its server (it hands its job back and exits)."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        PR_SET_PDEATHSIG = 1
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -414,7 +434,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     worker = None
     if not args.no_worker:
         cmd = [sys.executable, "-m", "api", "worker", "--queues", args.queues or default_queues()]
-        worker = subprocess.Popen(cmd, env={**os.environ, "NERN_HOME": str(settings.home)})
+        worker = subprocess.Popen(cmd, env={**os.environ, "NERN_HOME": str(settings.home)},
+                                  preexec_fn=_die_with_parent)
     print(f"dashboard: http://{args.host}:{args.port}/dashboard  ·  API docs: http://{args.host}:{args.port}/docs",
           flush=True)
     try:

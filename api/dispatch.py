@@ -2,7 +2,9 @@
 
 The Celery message carries only the job id. If sending fails (broker down) the job stays
 `queued` with no `published_at`, and the sweeper sends it later. The sweeper also re-queues
-running jobs whose lease lapsed (their worker died) — or fails them after `max_attempts`.
+running jobs whose lease lapsed (their worker died) or whose step stopped advancing (watchdog)
+— or fails them after `max_attempts` — and sends again queued jobs whose message went out more
+than `republish_seconds` ago without a worker claiming them (a broker that lost its queue).
 """
 
 from __future__ import annotations
@@ -42,11 +44,11 @@ class Dispatcher:
 
     def sweep(self) -> None:
         with session_scope(self.settings.database_url) as session:
-            changed = crud.expire_leases(session)
+            changed = crud.expire_leases(session, self.settings.stall_seconds)
         if changed:
             log.info("lease sweep changed %d job(s)", changed)
         with session_scope(self.settings.database_url) as session:
-            pending = crud.unpublished_jobs(session)
+            pending = crud.unpublished_jobs(session, self.settings.republish_seconds)
         for job_id, queue in pending:
             self.publish(job_id, queue)
 

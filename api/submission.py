@@ -211,12 +211,13 @@ def submit_job(
     try:
         (staging / stored_name).write_bytes(files.checkpoint)
         job = Job(
-            id=job_id, tenant_id=tenant_id, name=spec.name, arch=arch, queue=queue_for_device(spec.device),
+            id=job_id, tenant_id=tenant_id, name=spec.name, arch=arch, queue=queue_for_device(spec.device, settings.auto_queue),
             spec=stored_spec, state=JobState.queued.value, stage=Stage.queued.value, progress=0.0, step=0,
             total_steps=spec.steps, attempts=0, max_attempts=settings.max_attempts, cancel_requested=False,
             created_at=crud.utcnow(), checkpoint_name=files.checkpoint_name,
             checkpoint_sha256=hashlib.sha256(files.checkpoint).hexdigest(),
             checkpoint_bytes=len(files.checkpoint), idempotency_key=idempotency_key, request_sha256=digest,
+            time_limit_s=spec.time_limit_s, input_bytes=sum(p.stat().st_size for p in staging.iterdir()),
         )
         session.add(job)
         session.flush()

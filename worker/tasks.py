@@ -28,8 +28,8 @@ from api.jobstore.settings import Settings, get_settings
 from api.jobstore.spec import JobSpec
 from api.jobstore.states import JobState, Stage
 
-from .celery_app import TASK_RUN_JOB, app
-from .lease import Lease, worker_identity
+from .celery_app import TASK_RUN_JOB, app, draining
+from .lease import Lease, retrying, worker_identity
 
 log = logging.getLogger("nern.worker")
 
@@ -55,10 +55,20 @@ def execute(job_id: str, settings: Settings) -> str:
         state, error = _run(job, settings, lease)
     if lease.lost:
         return "lost"
-    if state is not JobState.succeeded:
+    if state is JobState.cancelled and draining.is_set() and not lease.cancel_requested:
+        # The worker is stopping (deploy): hand the job back without using up its attempt.
         with session_scope(settings.database_url) as session:
-            crud.end_job(session, job_id, owner, state, error)
+            crud.release_job(session, job_id, owner)
+        log.info("worker stopping: job %s handed back to the queue (attempt not counted)", job_id)
+        return "released"
+    if state is not JobState.succeeded:
+        retrying(settings, f"end of job {job_id}", lambda: _end(settings, job_id, owner, state, error))
     return state.value
+
+
+def _end(settings: Settings, job_id: str, owner: str, state: JobState, error: str | None) -> None:
+    with session_scope(settings.database_url) as session:
+        crud.end_job(session, job_id, owner, state, error)
 
 
 def _run(job: Job, settings: Settings, lease: Lease) -> tuple[JobState, str | None]:
@@ -119,11 +129,14 @@ def _run(job: Job, settings: Settings, lease: Lease) -> tuple[JobState, str | No
         summary["package_bytes"] = served[1]
         summary["checkpoint_bytes"] = job.checkpoint_bytes
         write("report.json", lambda p: Path(p).write_text(json.dumps(summary, indent=2)))
-        with session_scope(settings.database_url) as session:
-            ok = crud.finish_job(
-                session, job.id, lease.owner, summary=summary, artifacts=artifacts,
-                resumed_from_step=summary.get("resumed_from_step"),
-            )
+        def finish() -> bool:
+            with session_scope(settings.database_url) as session:
+                return crud.finish_job(
+                    session, job.id, lease.owner, summary=summary, artifacts=artifacts,
+                    resumed_from_step=summary.get("resumed_from_step"),
+                )
+
+        ok = retrying(settings, f"result of job {job.id}", finish)
         if not ok:
             lease.lost = True
         return JobState.succeeded, None

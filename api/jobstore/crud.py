@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
-from sqlalchemy import Engine, RowMapping, Text, and_, bindparam, cast, func, or_, select, update
+from sqlalchemy import Engine, RowMapping, Text, and_, bindparam, case, cast, func, or_, select, update
 from sqlalchemy.orm import Session
 
 from .models import ApiKey, Artifact, Job, MetricPoint, Tenant
@@ -26,6 +26,15 @@ KEY_PREFIX = "nern_"
 
 def utcnow() -> datetime:
     return datetime.now(timezone.utc)
+
+
+def db_now(session: Session) -> datetime:
+    """The database server's clock: lease decisions use it, so workers and API processes whose
+    clocks differ still agree. (SQLite is a file on this machine: its clock is ours.)"""
+    if session.get_bind().dialect.name == "sqlite":
+        return utcnow()
+    now = session.scalar(select(func.now()))
+    return now if now.tzinfo else now.replace(tzinfo=timezone.utc)
 
 
 # --------------------------------------------------------------------------- tenants and keys
@@ -90,7 +99,8 @@ def get_job(session: Session, tenant_id: int, job_id: str) -> Job | None:
 
 # The status endpoint's hot path reads the public columns without the ORM, and the JSON
 # columns as their stored text, which goes into the response without a decode/encode round.
-_PRIVATE = ("tenant_id", "lease_owner", "lease_expires_at", "published_at", "idempotency_key", "request_sha256")
+_PRIVATE = ("tenant_id", "lease_owner", "lease_expires_at", "published_at", "idempotency_key", "request_sha256",
+            "step_at", "time_limit_s", "input_bytes")
 _JSON_COLUMNS = ("spec", "summary")
 _JOB_BY_ID = select(
     *(c for c in Job.__table__.c if c.name not in _PRIVATE + _JSON_COLUMNS),
@@ -197,23 +207,52 @@ def mark_published(session: Session, job_id: str) -> None:
     session.execute(update(Job).where(Job.id == job_id).values(published_at=utcnow()))
 
 
-def unpublished_jobs(session: Session) -> list[tuple[str, str]]:
-    """(id, queue) of queued jobs whose Celery message was never sent (or must be sent again)."""
-    rows = session.execute(
-        select(Job.id, Job.queue).where(Job.state == JobState.queued.value, Job.published_at.is_(None))
-    )
+def unpublished_jobs(session: Session, republish_seconds: float | None = None) -> list[tuple[str, str]]:
+    """(id, queue) of queued jobs whose Celery message was never sent (or must be sent again),
+    and, with `republish_seconds`, those sent longer ago than that and still not claimed: the
+    broker may have lost the message (Redis restarted without persistence, flushed). Sending a
+    job twice is harmless: the claim in the DB lets one worker run it."""
+    unsent = Job.published_at.is_(None)
+    if republish_seconds is not None:
+        unsent = or_(unsent, Job.published_at < db_now(session) - timedelta(seconds=republish_seconds))
+    rows = session.execute(select(Job.id, Job.queue).where(Job.state == JobState.queued.value, unsent))
     return [(r.id, r.queue) for r in rows]
 
 
-def expire_leases(session: Session) -> int:
-    """Handle running jobs whose worker stopped heartbeating; returns how many changed.
+def expire_leases(session: Session, stall_seconds: float = 0.0) -> int:
+    """Handle running jobs whose worker stopped heartbeating, or whose step stopped advancing
+    (watchdog, `stall_seconds` > 0: the worker lives but the job hangs), and jobs past their
+    time limit; returns how many changed.
 
-    Cancel requested → cancelled; attempts used up → failed with the reason; else → queued
-    again (published by the caller through `unpublished_jobs`).
+    Time limit passed → failed. Cancel requested → cancelled; attempts used up → failed with the
+    reason; else → queued again (published by the caller through `unpublished_jobs`). A
+    re-queued stalled job's worker finds its lease gone at its next heartbeat and stops.
     """
-    now = utcnow()
-    lapsed = and_(Job.state == JobState.running.value, Job.lease_expires_at < now)
+    now = db_now(session)
     changed = 0
+    active = [JobState.running.value, JobState.queued.value]
+    limited = session.execute(
+        select(Job.id, Job.started_at, Job.time_limit_s)
+        .where(Job.state.in_(active), Job.time_limit_s.is_not(None), Job.started_at.is_not(None))
+    ).all()
+    for job_id, started, limit in limited:
+        if started + timedelta(seconds=limit) < now:
+            changed += session.execute(
+                update(Job).where(Job.id == job_id, Job.state.in_(active))
+                .values(state=JobState.failed.value, lease_owner=None, finished_at=now,
+                        error=f"the job ran past its time limit of {limit:g} s (spec.time_limit_s)")
+            ).rowcount
+    lapsed = and_(Job.state == JobState.running.value, Job.lease_expires_at < now)
+    if stall_seconds > 0:
+        stalled = and_(Job.state == JobState.running.value, Job.step_at < now - timedelta(seconds=stall_seconds))
+        changed += session.execute(
+            update(Job)
+            .where(stalled, Job.attempts >= Job.max_attempts, Job.cancel_requested.is_(False))
+            .values(state=JobState.failed.value, lease_owner=None, finished_at=now,
+                    error=f"the job's step did not advance for {stall_seconds:g} s on every attempt "
+                    "(watchdog); gave up after the last attempt")
+        ).rowcount
+        lapsed = or_(lapsed, stalled)
     changed += session.execute(
         update(Job)
         .where(lapsed, Job.cancel_requested.is_(True))
@@ -234,6 +273,18 @@ def expire_leases(session: Session) -> int:
         .values(state=JobState.queued.value, stage=Stage.queued.value, lease_owner=None, published_at=None)
     ).rowcount
     return changed
+
+
+def release_job(session: Session, job_id: str, owner: str) -> bool:
+    """Hand a running job back to the queue without using up its attempt (its worker is
+    stopping for a deploy); the sweeper sends it again."""
+    res = session.execute(
+        update(Job)
+        .where(Job.id == job_id, Job.lease_owner == owner, Job.state == JobState.running.value)
+        .values(state=JobState.queued.value, stage=Stage.queued.value, attempts=Job.attempts - 1,
+                lease_owner=None, lease_expires_at=None, published_at=None)
+    )
+    return res.rowcount == 1
 
 
 def count_by_state(session: Session) -> dict[str, int]:
@@ -268,7 +319,7 @@ def claim_job(session: Session, job_id: str, owner: str, lease_seconds: float) -
     Counts the attempt. Refuses cancelled jobs and jobs out of attempts, so a stale or duplicate
     Celery message does nothing.
     """
-    now = utcnow()
+    now = db_now(session)
     res = session.execute(
         update(Job)
         .where(
@@ -282,7 +333,7 @@ def claim_job(session: Session, job_id: str, owner: str, lease_seconds: float) -
         )
         .values(
             state=JobState.running.value, stage=Stage.loading.value, attempts=Job.attempts + 1, lease_owner=owner,
-            lease_expires_at=now + timedelta(seconds=lease_seconds), heartbeat_at=now, error=None,
+            lease_expires_at=now + timedelta(seconds=lease_seconds), heartbeat_at=now, step_at=now, error=None,
         )
     )
     if res.rowcount != 1:
@@ -296,7 +347,7 @@ def claim_job(session: Session, job_id: str, owner: str, lease_seconds: float) -
 
 def renew_lease(session: Session, job_id: str, owner: str, lease_seconds: float) -> tuple[bool, bool]:
     """Heartbeat. Returns (still ours, cancel requested)."""
-    now = utcnow()
+    now = db_now(session)
     res = session.execute(
         update(Job)
         .where(Job.id == job_id, Job.lease_owner == owner, Job.state == JobState.running.value)
@@ -325,11 +376,15 @@ def record_progress(
     lr: float | None = None,
     elapsed_s: float = 0.0,
 ) -> bool:
-    """Write the job's stage/progress and, with losses, one metric point. False = lease lost."""
+    """Write the job's stage/progress and, with losses, one metric point. False = lease lost.
+
+    `step_at` (the watchdog's clock) moves when the step or the stage changes."""
+    moved = or_(Job.step != step, Job.stage != Stage(stage).value)
     res = session.execute(
         update(Job)
         .where(Job.id == job_id, Job.lease_owner == owner, Job.state == JobState.running.value)
         .values(
+            step_at=case((moved, db_now(session)), else_=Job.step_at),
             stage=Stage(stage).value, step=step, total_steps=total_steps, eta_seconds=eta_seconds,
             progress=overall_progress(stage, step, total_steps),
         )

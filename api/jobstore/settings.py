@@ -39,8 +39,31 @@ class Settings(BaseSettings):
     max_attempts: int = Field(3, ge=1, description="claims of a job before it fails for lost workers")
     sweep_seconds: float = Field(5.0, gt=0, description="how often the API re-queues jobs with lapsed leases")
     progress_seconds: float = Field(1.0, ge=0, description="minimum interval between progress writes")
+    republish_seconds: float = Field(
+        300.0, gt=0, description="a queued job not claimed this long after its message was sent is sent again "
+        "(the broker may have lost it; the DB claim makes duplicates no-ops)",
+    )
+    stall_seconds: float = Field(
+        1800.0, ge=0, description="watchdog: a running job whose step has not advanced this long is re-queued "
+        "(failed after its attempts); 0 = off",
+    )
+    db_retry_seconds: float = Field(
+        30.0, gt=0, description="how long a worker retries a failing progress/result write before giving up",
+    )
+    jobs_per_gpu: int = Field(1, ge=1, description="pool processes of a worker that share one GPU")
+    auto_queue: str = Field(
+        "cpu", pattern="^(cpu|gpu)$", description="queue of `device: auto` jobs: gpu where GPU workers run",
+    )
     visibility_timeout: int = Field(
         12 * 3600, ge=60, description="Redis redelivery timeout; must exceed the longest job"
+    )
+
+    # tenants
+    tenant_max_active_jobs: int = Field(0, ge=0, description="queued + running jobs per tenant; 0 = no limit")
+    tenant_max_bytes: int = Field(0, ge=0, description="stored bytes (uploads + artifacts) per tenant; 0 = no limit")
+    retention_days: float = Field(0, ge=0, description="finished jobs older than this are deleted; 0 = kept")
+    key_failures_per_minute: int = Field(
+        20, ge=1, description="failed API-key checks per client address per minute before 429",
     )
 
     # auth

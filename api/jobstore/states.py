@@ -59,6 +59,12 @@ def overall_progress(stage: Stage, step: int = 0, total_steps: int = 0) -> float
     return start
 
 
-def queue_for_device(device: str) -> str:
-    """Jobs that ask for CUDA go to the `gpu` queue, all others to `cpu`."""
-    return "gpu" if device == "cuda" else "cpu"
+def queue_for_device(device: str, auto_queue: str = "cpu") -> str:
+    """`cuda` jobs go to the `gpu` queue, `cpu` jobs to `cpu`, and `auto` jobs to the queue the
+    deployment names (NERN_AUTO_QUEUE: `gpu` where GPU workers run; a GPU worker also serves
+    `cpu`, and `auto` runs on the GPU of whichever worker takes it)."""
+    if device == "cuda":
+        return "gpu"
+    if device == "cpu":
+        return "cpu"
+    return auto_queue
