@@ -74,7 +74,17 @@ def _init_pool_process(**_kw) -> None:
 
         index = getattr(current_process(), "index", 0) or 0
         os.environ["CUDA_VISIBLE_DEVICES"] = gpu_for_process(index, gpus, get_settings().jobs_per_gpu)
-    signal.signal(signal.SIGTERM, lambda *_: draining.set())
+
+
+def drain_on_sigterm() -> None:
+    """While a job runs in this pool process, SIGTERM means "hand the job back", not "die".
+
+    Called at the start of each task: billiard installs its own SIGTERM handler after
+    worker_process_init, so an earlier one would be overwritten."""
+    try:
+        signal.signal(signal.SIGTERM, lambda *_: draining.set())
+    except ValueError:  # not the main thread (a threads pool): the lease still guards the job
+        pass
 
 
 @worker_shutting_down.connect

@@ -28,7 +28,7 @@ from api.jobstore.settings import Settings, get_settings
 from api.jobstore.spec import JobSpec
 from api.jobstore.states import JobState, Stage
 
-from .celery_app import TASK_RUN_JOB, app, draining
+from .celery_app import TASK_RUN_JOB, app, drain_on_sigterm, draining
 from .lease import Lease, retrying, worker_identity
 
 log = logging.getLogger("nern.worker")
@@ -44,6 +44,9 @@ def run_job(job_id: str) -> str:
 
 def execute(job_id: str, settings: Settings) -> str:
     """Run one job if this worker can claim it; returns the job's final state (or 'skipped')."""
+    if draining.is_set():
+        return "skipped"
+    drain_on_sigterm()
     owner = worker_identity()
     with session_scope(settings.database_url) as session:
         job = crud.claim_job(session, job_id, owner, settings.lease_seconds)

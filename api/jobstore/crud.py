@@ -16,6 +16,7 @@ from datetime import datetime, timedelta, timezone
 from typing import Any
 
 from sqlalchemy import Engine, RowMapping, Text, and_, bindparam, case, cast, func, or_, select, update
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
 from .models import ApiKey, Artifact, Job, MetricPoint, Tenant
@@ -109,9 +110,18 @@ _JOB_BY_ID = select(
 
 
 def job_row(engine: Engine, tenant_id: int, job_id: str) -> RowMapping | None:
-    """A tenant's job as one row: public columns, with `spec` and `summary` as JSON text."""
-    with engine.connect() as conn:
-        return conn.execute(_JOB_BY_ID, {"job_id": job_id, "tenant_id": tenant_id}).mappings().first()
+    """A tenant's job as one row: public columns, with `spec` and `summary` as JSON text.
+
+    Tried twice when the first connection turns out dead (the database restarted or failed
+    over): pollers then see no error at all."""
+    for attempt in (1, 2):
+        try:
+            with engine.connect() as conn:
+                return conn.execute(_JOB_BY_ID, {"job_id": job_id, "tenant_id": tenant_id}).mappings().first()
+        except DBAPIError as e:
+            if attempt == 2 or not e.connection_invalidated:
+                raise
+    return None
 
 
 def find_idempotent(session: Session, tenant_id: int, key: str) -> Job | None:

@@ -234,7 +234,11 @@ def wait_for(client: httpx.Client, job_id: str, predicate, timeout: float = 180,
     deadline = time.monotonic() + timeout
     job: dict = {}
     while time.monotonic() < deadline:
-        job = client.get(f"/jobs/{job_id}").json()
+        r = client.get(f"/jobs/{job_id}")
+        if r.status_code == 503:  # the database is failing over (fault tests): ask again
+            time.sleep(poll)
+            continue
+        job = r.json()
         if predicate(job):
             return job
         time.sleep(poll)
