@@ -187,44 +187,31 @@ def test_no_job_lost_under_worker_kills_db_drops_and_broker_loss(cluster):
     assert counts["pg_terminate_backend"] >= 1 and resumed >= 1
 
 
-def test_db_connections_dropped_mid_job_fail_nothing(cluster):
-    # One worker, one job, every connection terminated while it trains: the job keeps attempt 1.
-    w = cluster.start_worker("cpu", "pgdrop", concurrency=2)
-    try:
-        with cluster.client(cluster.key) as c:
-            jid = submit(c, {**CHAOS_SPEC, "steps": 60}).json()["id"]
-            wait_for(c, jid, lambda j: j["state"] == "running" and j["step"] >= 3, timeout=120)
-            dropped = 0
-            for _ in range(3):
-                dropped += terminate_pg_backends(cluster.pg_name)
-                time.sleep(0.7)
-            job = wait_done(c, jid, timeout=180)
-    finally:
-        cluster.kill(w)
-    assert dropped >= 3
-    assert (job["state"], job["attempts"], job["error"]) == ("succeeded", 1, None), job
-
-
-def test_sigterm_hands_the_job_back_without_using_an_attempt(cluster):
-    w = cluster.start_worker("cpu", "drain")
+def test_db_drops_fail_nothing_and_sigterm_hands_the_job_back_without_an_attempt(cluster):
+    w = cluster.start_worker("cpu", "drain", concurrency=2)
     with cluster.client(cluster.key) as c:
         jid = submit(c, {**TINY_SPEC, "steps": 100_000, "checkpoint_every": 5}).json()["id"]
-        wait_for(c, jid, lambda j: j["state"] == "running" and j["step"] >= 6, timeout=120)
+        job = wait_for(c, jid, lambda j: j["state"] == "running" and j["step"] >= 3, timeout=120)
+        # Every database connection terminated, three times, while the job trains: it keeps
+        # running on its first attempt (progress and heartbeats retry; only a lost lease stops it).
+        dropped = 0
+        for _ in range(3):
+            dropped += terminate_pg_backends(cluster.pg_name)
+            time.sleep(0.7)
+        before = job["step"]
+        job = wait_for(c, jid, lambda j: j["step"] >= before + 5, timeout=60)
+        assert (job["state"], job["attempts"], job["error"]) == ("running", 1, None), job
+        assert dropped >= 3
+
+        # A deploy stops the worker (SIGTERM to its main process): the job goes back to the
+        # queue at its next step, its attempt not counted, and the worker exits promptly.
         t = time.monotonic()
         rc = cluster.terminate(w, timeout=60)
         stopped_in = time.monotonic() - t
         job = c.get(f"/jobs/{jid}").json()
-        assert job["state"] == "queued" and job["attempts"] == 0 and job["error"] is None, job
+        assert (job["state"], job["attempts"], job["error"]) == ("queued", 0, None), job
         assert "handed back" in cluster.log("drain.log")
-        # The next worker resumes it from its last checkpoint, as attempt 1.
-        w2 = cluster.start_worker("cpu", "drain-2")
-        try:
-            job = wait_for(c, jid, lambda j: j["state"] == "running" and j["step"] > 0, timeout=120)
-            assert job["attempts"] == 1
-            assert c.post(f"/jobs/{jid}/cancel").status_code == 202
-            wait_done(c, jid, timeout=60)
-        finally:
-            cluster.kill(w2)
+        assert c.post(f"/jobs/{jid}/cancel").json()["state"] == "cancelled"
     assert rc == 0 and stopped_in < 30
 
 
