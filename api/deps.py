@@ -50,6 +50,31 @@ class KeyCache:
             self._entries[key_hash] = (tenant_id, time.monotonic() + self.ttl)
 
 
+class KeyFailures:
+    """Failed API-key checks per client address over the last minute (per API process): past
+    `limit`, every request of that address answers 429 for a while, the right key included."""
+
+    def __init__(self, limit: int, window: float = 60.0) -> None:
+        self.limit = limit
+        self.window = window
+        self._seen: dict[str, list[float]] = {}
+
+    def blocked(self, client: str) -> float:
+        """Seconds until `client` may try again (0 = not blocked)."""
+        now = time.monotonic()
+        times = [t for t in self._seen.get(client, ()) if t > now - self.window]
+        if times:
+            self._seen[client] = times
+        else:
+            self._seen.pop(client, None)
+        return times[0] + self.window - now if len(times) >= self.limit else 0.0
+
+    def record(self, client: str) -> None:
+        if len(self._seen) > 10_000:
+            self._seen.clear()
+        self._seen.setdefault(client, []).append(time.monotonic())
+
+
 @dataclass
 class Services:
     """What one API process holds for its whole life."""
@@ -60,6 +85,7 @@ class Services:
     key_cache: KeyCache
     metrics: HttpMetrics
     status_cache: StatusCache
+    key_failures: KeyFailures
     default_tenant_id: int | None = None  # set at start-up when auth is off
 
     @classmethod
@@ -71,6 +97,7 @@ class Services:
             key_cache=KeyCache(settings.auth_cache_seconds),
             metrics=HttpMetrics(),
             status_cache=StatusCache(settings.status_cache_seconds),
+            key_failures=KeyFailures(settings.key_failures_per_minute),
         )
 
 
@@ -136,8 +163,14 @@ async def get_tenant(request: Request, services: ServicesDep) -> int:
     key_hash = crud.hash_key(token)
     tenant_id = services.key_cache.get(key_hash)
     if tenant_id is None:
+        client = request.client.host if request.client else "?"
+        wait = services.key_failures.blocked(client)
+        if wait > 0:
+            raise ProblemError(429, "too many failed API-key attempts from this address; try again later",
+                               kind="too-many-key-failures", headers={"Retry-After": str(int(wait) + 1)})
         tenant_id = await run_in_threadpool(_lookup_key, settings.database_url, token)
         if tenant_id is None:
+            services.key_failures.record(client)
             raise _unauthorized("invalid or revoked API key")
         services.key_cache.put(key_hash, tenant_id)
     return tenant_id

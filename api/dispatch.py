@@ -15,7 +15,9 @@ import threading
 from celery import Celery
 
 from .jobstore import crud
+from .jobstore.artifacts import ArtifactStore
 from .jobstore.db import session_scope
+from .jobstore.models import Job
 from .jobstore.settings import Settings
 
 log = logging.getLogger("nern.api")
@@ -47,10 +49,29 @@ class Dispatcher:
             changed = crud.expire_leases(session, self.settings.stall_seconds)
         if changed:
             log.info("lease sweep changed %d job(s)", changed)
+        if self.settings.retention_days > 0:
+            self.remove_expired()
         with session_scope(self.settings.database_url) as session:
             pending = crud.unpublished_jobs(session, self.settings.republish_seconds)
         for job_id, queue in pending:
             self.publish(job_id, queue)
+
+    def remove_expired(self) -> int:
+        """Delete finished jobs past NERN_RETENTION_DAYS: the row first, then the files."""
+        store = ArtifactStore(self.settings.artifact_root)
+        removed = 0
+        with session_scope(self.settings.database_url) as session:
+            ids = crud.finished_before(session, self.settings.retention_days)
+        for job_id in ids:
+            with session_scope(self.settings.database_url) as session:
+                job = session.get(Job, job_id)
+                if job is None or not crud.delete_job(session, job):
+                    continue
+            store.remove_job(job_id)
+            removed += 1
+        if removed:
+            log.info("retention: removed %d finished job(s)", removed)
+        return removed
 
     def ping_broker(self) -> None:
         with self.celery.connection_for_write() as conn:

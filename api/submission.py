@@ -199,6 +199,7 @@ def submit_job(
         unused = sorted(set(files.data_parts) - {spec.data, spec.eval_data})
         if unused:
             raise _invalid(f"part {unused[0]!r} is not named by spec.data or spec.eval_data")
+        _check_tenant_limits(session, settings, tenant_id, files)
         arch, kwargs = _check_checkpoint(files, spec.arch)
         _check_data("data", spec.data, files, settings, kwargs.get("num_classes"))
         _check_data("eval_data", spec.eval_data, files, settings, kwargs.get("num_classes"))
@@ -240,6 +241,25 @@ def submit_job(
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return job, True
+
+
+def _check_tenant_limits(session: Session, settings: Settings, tenant_id: int, files: JobFiles) -> None:
+    if not (settings.tenant_max_active_jobs or settings.tenant_max_bytes):
+        return
+    active, stored = crud.tenant_usage(session, tenant_id)
+    if settings.tenant_max_active_jobs and active >= settings.tenant_max_active_jobs:
+        raise ProblemError(
+            429, f"this tenant already has {active} queued or running jobs, its limit "
+            "(NERN_TENANT_MAX_ACTIVE_JOBS); submit again when one has finished",
+            kind="tenant-job-limit", headers={"Retry-After": "30"},
+        )
+    incoming = len(files.checkpoint) + sum(p.stat().st_size for p in files.staging.iterdir())
+    if settings.tenant_max_bytes and stored + incoming > settings.tenant_max_bytes:
+        raise ProblemError(
+            413, f"this tenant stores {stored} bytes; {incoming} more would pass its limit of "
+            f"{settings.tenant_max_bytes} (NERN_TENANT_MAX_BYTES); delete finished jobs (DELETE /jobs/{{id}})",
+            kind="tenant-storage-full",
+        )
 
 
 def _replay(job: Job, digest: str) -> Job:

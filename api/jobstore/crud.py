@@ -15,12 +15,25 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
-from sqlalchemy import Engine, RowMapping, Text, and_, bindparam, case, cast, func, or_, select, update
+from sqlalchemy import (
+    Engine,
+    RowMapping,
+    Text,
+    and_,
+    bindparam,
+    case,
+    cast,
+    delete,
+    func,
+    or_,
+    select,
+    update,
+)
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
 from .models import ApiKey, Artifact, Job, MetricPoint, Tenant
-from .states import RETRYABLE, JobState, Stage, overall_progress
+from .states import RETRYABLE, TERMINAL, JobState, Stage, overall_progress
 
 KEY_PREFIX = "nern_"
 
@@ -295,6 +308,41 @@ def release_job(session: Session, job_id: str, owner: str) -> bool:
                 lease_owner=None, lease_expires_at=None, published_at=None)
     )
     return res.rowcount == 1
+
+
+def delete_job(session: Session, job: Job) -> bool:
+    """Remove a queued or finished job's row with its artifacts and metric points (the caller
+    removes its files). A running job is not deleted: False."""
+    deletable = [JobState.queued.value, *(s.value for s in TERMINAL)]
+    for model in (Artifact, MetricPoint):
+        session.execute(delete(model).where(model.job_id == job.id))
+    res = session.execute(delete(Job).where(Job.id == job.id, Job.state.in_(deletable)))
+    return res.rowcount == 1
+
+
+def finished_before(session: Session, days: float, limit: int = 100) -> list[str]:
+    """Ids of finished jobs whose end lies more than `days` ago (retention)."""
+    cutoff = db_now(session) - timedelta(days=days)
+    return list(session.scalars(
+        select(Job.id).where(Job.state.in_([s.value for s in TERMINAL]), Job.finished_at < cutoff).limit(limit)
+    ))
+
+
+def tenant_usage(session: Session, tenant_id: int) -> tuple[int, int]:
+    """(queued + running jobs, stored bytes: uploads + artifacts) of a tenant."""
+    active = session.scalar(
+        select(func.count()).select_from(Job)
+        .where(Job.tenant_id == tenant_id, Job.state.in_([JobState.queued.value, JobState.running.value]))
+    ) or 0
+    inputs = session.scalar(
+        select(func.coalesce(func.sum(func.coalesce(Job.input_bytes, Job.checkpoint_bytes)), 0))
+        .where(Job.tenant_id == tenant_id)
+    ) or 0
+    outputs = session.scalar(
+        select(func.coalesce(func.sum(Artifact.size), 0)).join(Job, Job.id == Artifact.job_id)
+        .where(Job.tenant_id == tenant_id)
+    ) or 0
+    return int(active), int(inputs) + int(outputs)
 
 
 def count_by_state(session: Session) -> dict[str, int]:

@@ -162,6 +162,23 @@ def retry_job(
     return _job_response(job, 202, {"Location": f"/jobs/{job.id}"})
 
 
+@router.delete(
+    "/{job_id}", status_code=204, summary="Delete a queued or finished job with its artifacts",
+    responses={409: {"description": "the job is running: cancel it first"}},
+)
+def delete_job(
+    job_id: str, session: SessionDep, tenant_id: TenantDep, store: StoreDep, cache: StatusCacheDep
+) -> Response:
+    job = _job_or_404(session, tenant_id, job_id)
+    if not crud.delete_job(session, job):
+        session.rollback()
+        raise ProblemError(409, f"job {job_id} is {job.state}; cancel it before deleting it", kind="job-running")
+    session.commit()
+    store.remove_job(job_id)
+    cache.drop(tenant_id, job_id)
+    return Response(status_code=204)
+
+
 @router.get("/{job_id}/metrics", response_model=JobMetrics, summary="Loss curves (sampled)")
 def job_metrics(
     job_id: str, session: SessionDep, tenant_id: TenantDep, max_points: Annotated[int, Query(ge=2, le=5000)] = 500

@@ -53,7 +53,8 @@ def cluster(tmp_path_factory):
     pg = create_pg_database()
     dep = Deployment(home, database_url=f"postgresql+psycopg://postgres@127.0.0.1:5432/{pg}",
                      broker_url=redis_server.url, max_attempts=20, lease_seconds=4, heartbeat_seconds=0.5,
-                     republish_seconds=3, db_retry_seconds=30)
+                     republish_seconds=3, db_retry_seconds=30, key_failures_per_minute=5,
+                     tenant_max_active_jobs=12, tenant_max_bytes=64 * 2**20)
     dep.pg_name = pg
     dep.redis = redis_server
     try:
@@ -202,6 +203,8 @@ def test_db_drops_fail_nothing_and_sigterm_hands_the_job_back_without_an_attempt
         job = wait_for(c, jid, lambda j: j["step"] >= before + 5, timeout=60)
         assert (job["state"], job["attempts"], job["error"]) == ("running", 1, None), job
         assert dropped >= 3
+        r = c.delete(f"/jobs/{jid}")
+        assert r.status_code == 409 and "cancel it" in r.json()["detail"]
 
         # A deploy stops the worker (SIGTERM to its main process): the job goes back to the
         # queue at its next step, its attempt not counted, and the worker exits promptly.
@@ -210,9 +213,41 @@ def test_db_drops_fail_nothing_and_sigterm_hands_the_job_back_without_an_attempt
         stopped_in = time.monotonic() - t
         job = c.get(f"/jobs/{jid}").json()
         assert (job["state"], job["attempts"], job["error"]) == ("queued", 0, None), job
+        assert c.delete(f"/jobs/{jid}").status_code == 204
+        assert c.get(f"/jobs/{jid}").status_code == 404
         assert "handed back" in cluster.log("drain.log")
-        assert c.post(f"/jobs/{jid}/cancel").json()["state"] == "cancelled"
     assert rc == 0 and stopped_in < 30
+
+
+def test_tenant_limits_and_failed_key_rate_limit(cluster):
+    import io
+
+    import numpy as np
+
+    key = cluster.create_key("tenant-limits")
+    queued = {**TINY_SPEC, "device": "cuda"}  # gpu queue: nobody takes these
+    with cluster.client(key) as c:
+        ids = [submit(c, queued).json()["id"] for _ in range(12)]
+        r = submit(c, queued)
+        assert r.status_code == 429 and r.json()["type"].endswith("tenant-job-limit"), r.text
+        assert c.delete(f"/jobs/{ids[0]}").status_code == 204  # a slot frees up
+        # Storage: 12 checkpoints (~13 MB) stored; a 61 MB data part passes the 64 MiB limit.
+        buf = io.BytesIO()
+        images = np.random.default_rng(0).integers(0, 255, (20_000, 32, 32, 3), dtype=np.uint8)
+        np.savez(buf, images=images)
+        r = submit(c, {**queued, "data": "big.npz"}, extra_files={"big.npz": ("big.npz", buf.getvalue())})
+        assert r.status_code == 413 and r.json()["type"].endswith("tenant-storage-full"), r.text
+        for jid in ids[1:]:
+            assert c.delete(f"/jobs/{jid}").status_code == 204
+            assert not (cluster.home / "artifacts" / "jobs" / jid).exists()
+        assert c.get("/jobs").json()["items"] == []
+    # Five wrong keys from one address within a minute: the sixth request is refused (even a good key).
+    with cluster.client("nern_wrong") as bad:
+        assert [bad.get("/jobs").status_code for _ in range(5)] == [401] * 5
+        r = bad.get("/jobs")
+        assert r.status_code == 429 and int(r.headers["retry-after"]) > 0
+    with cluster.client(cluster.create_key("tenant-fresh")) as good:
+        assert good.get("/jobs").status_code == 429
 
 
 def test_worker_parent_never_initialises_cuda(tmp_path):
