@@ -131,6 +131,7 @@ def _run(job: Job, settings: Settings, lease: Lease) -> tuple[JobState, str | No
         summary = _jsonable(out.summary)
         summary["package_bytes"] = served[1]
         summary["checkpoint_bytes"] = job.checkpoint_bytes
+        summary["worker_device"] = _device_label()
         write("report.json", lambda p: Path(p).write_text(json.dumps(summary, indent=2)))
         def finish() -> bool:
             with session_scope(settings.database_url) as session:
@@ -163,6 +164,18 @@ def _data_source(store: ArtifactStore, settings: Settings, job_id: str, field: s
         check_npz(Path(resolved), Path(resolved).name, labelled=field == "eval_data",
                   num_classes=target_kwargs.get("num_classes"), max_bytes=settings.max_data_bytes)
     return resolved
+
+
+def _device_label() -> str:
+    """Where the job ran: `cuda:<GPU as the node numbers it>` or `cpu` (in the pool process)."""
+    import os
+
+    import torch
+
+    if torch.cuda.is_initialized():
+        pinned = os.environ.get("CUDA_VISIBLE_DEVICES", "")
+        return f"cuda:{pinned.split(',')[0] if pinned else torch.cuda.current_device()}"
+    return "cpu"
 
 
 def _public_error(message: str, store: ArtifactStore, settings: Settings, job_id: str) -> str:
