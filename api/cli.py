@@ -1,7 +1,9 @@
 """`nern serve | worker | keys | jobs | demo` — registered into the `nern` command through the
 entry-point group `nern.commands` (pyproject.toml), so the library names nothing of the service.
 
-Every command returns an exit code; errors are one line on stderr.
+Every command returns an exit code: 0, or 2 with one line `nern: error: ...` on stderr (130
+when interrupted). Errors of the server (`api.client.ApiError`), of the database and of local
+files all end that way, never with a traceback.
 """
 
 from __future__ import annotations
@@ -16,6 +18,26 @@ from pathlib import Path
 from typing import Any
 
 from .client import ApiError, NernClient
+from .jobstore.states import JobState
+
+
+def _guarded(func):
+    """Database and file errors of a local command (serve, worker, keys) as one error line."""
+
+    def run(args: argparse.Namespace) -> int:
+        from sqlalchemy.exc import SQLAlchemyError
+
+        try:
+            return func(args)
+        except SQLAlchemyError as e:
+            return _fail(f"database: {type(e).__name__}: {str(e.orig if getattr(e, 'orig', None) else e)[:300]}")
+        except OSError as e:
+            return _fail(f"{e.filename or ''}: {e.strerror or e}")
+        except KeyboardInterrupt:
+            return _fail("interrupted", 130)
+
+    run.__name__ = func.__name__
+    return run
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -26,14 +48,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--data-dir", type=Path, help="folder of the embedded deployment (NERN_HOME)")
     p.add_argument("--no-worker", action="store_true", help="do not start a worker (workers run elsewhere)")
     p.add_argument("--queues", help="queues of the started worker (default: cpu, plus gpu with CUDA)")
-    p.set_defaults(func=cmd_serve)
+    p.set_defaults(func=_guarded(cmd_serve))
 
     p = subparsers.add_parser("worker", help="start a Celery worker for the job queues")
     p.add_argument("--queues", help="comma-separated: gpu,cpu (default: cpu, plus gpu with CUDA)")
-    p.add_argument("--concurrency", type=int, default=1, help="jobs run at once (default 1)")
+    p.add_argument("--concurrency", type=int,
+                   help="jobs run at once (default: GPUs × NERN_JOBS_PER_GPU with the gpu queue, else 1)")
     p.add_argument("--data-dir", type=Path, help="NERN_HOME of the embedded deployment")
     p.add_argument("--loglevel", default="INFO")
-    p.set_defaults(func=cmd_worker)
+    p.set_defaults(func=_guarded(cmd_worker))
 
     keys = subparsers.add_parser("keys", help="create, revoke and list API keys").add_subparsers(
         dest="keys_command", required=True
@@ -41,14 +64,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p = keys.add_parser("create", help="create a key for a tenant (created if new) and print it")
     p.add_argument("--tenant", required=True)
     p.add_argument("--data-dir", type=Path)
-    p.set_defaults(func=cmd_keys_create)
+    p.set_defaults(func=_guarded(cmd_keys_create))
     p = keys.add_parser("revoke", help="revoke a key (the key, or the prefix `keys list` shows)")
     p.add_argument("key")
     p.add_argument("--data-dir", type=Path)
-    p.set_defaults(func=cmd_keys_revoke)
+    p.set_defaults(func=_guarded(cmd_keys_revoke))
     p = keys.add_parser("list", help="list keys (prefix, tenant, created, revoked)")
     p.add_argument("--data-dir", type=Path)
-    p.set_defaults(func=cmd_keys_list)
+    p.set_defaults(func=_guarded(cmd_keys_list))
 
     jobs = subparsers.add_parser("jobs", help="submit and follow jobs on a server").add_subparsers(
         dest="jobs_command", required=True
@@ -68,7 +91,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_jobs_status)
     p = jobs.add_parser("list", help="list jobs, newest first")
     _client_args(p)
-    p.add_argument("--state", action="append", choices=["queued", "running", "succeeded", "failed", "cancelled"])
+    p.add_argument("--state", action="append", choices=[s.value for s in JobState])
     p.add_argument("--arch")
     p.add_argument("--limit", type=int, default=20)
     p.add_argument("--json", action="store_true")
@@ -96,7 +119,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 # ----------------------------------------------------------------------------- helpers
 
 
-def _fail(msg: str, code: int = 1) -> int:
+def _fail(msg: str, code: int = 2) -> int:
+    msg = " ".join(str(msg).split())  # one line, whatever the message (driver errors span several)
     print(f"nern: error: {msg}", file=sys.stderr)
     return code
 
@@ -335,9 +359,10 @@ def cmd_keys_list(args: argparse.Namespace) -> int:
 
 
 def default_queues() -> str:
-    import torch
+    """gpu,cpu on a node with GPUs — found without touching CUDA in this (parent) process."""
+    from worker.devices import default_queues as queues
 
-    return "gpu,cpu" if torch.cuda.is_available() else "cpu"
+    return queues()
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
@@ -352,9 +377,17 @@ def cmd_worker(args: argparse.Namespace) -> int:
     bad = [q for q in queues.split(",") if q not in ("gpu", "cpu")]
     if bad:
         return _fail(f"unknown queue {bad[0]!r}; queues are gpu and cpu")
+    concurrency = args.concurrency
+    if concurrency is None:
+        from worker.devices import visible_gpus
+
+        gpus = len(visible_gpus()) if "gpu" in queues.split(",") else 0
+        concurrency = max(1, gpus * settings.jobs_per_gpu)
+    if concurrency < 1:
+        return _fail("--concurrency must be at least 1")
     app = make_celery(settings)
     app.worker_main([
-        "worker", "-Q", queues, "-c", str(args.concurrency), "--loglevel", args.loglevel,
+        "worker", "-Q", queues, "-c", str(concurrency), "--loglevel", args.loglevel,
         "-n", f"nern-{os.getpid()}@%h", "--without-gossip", "--without-mingle", "--without-heartbeat",
     ])
     return 0
@@ -364,6 +397,16 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
     return run_demo(args.stop, steps=args.steps, port=args.port)
+
+
+def _die_with_parent() -> None:
+    """In the embedded worker (before exec): the kernel sends it SIGTERM when `nern serve` dies,
+    even by SIGKILL, so no worker outlives its server (it hands its job back and exits)."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        PR_SET_PDEATHSIG = 1
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -384,7 +427,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     worker = None
     if not args.no_worker:
         cmd = [sys.executable, "-m", "api", "worker", "--queues", args.queues or default_queues()]
-        worker = subprocess.Popen(cmd, env={**os.environ, "NERN_HOME": str(settings.home)})
+        worker = subprocess.Popen(cmd, env={**os.environ, "NERN_HOME": str(settings.home)},
+                                  preexec_fn=_die_with_parent)
     print(f"dashboard: http://{args.host}:{args.port}/dashboard  ·  API docs: http://{args.host}:{args.port}/docs",
           flush=True)
     try:

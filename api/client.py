@@ -23,14 +23,94 @@ TERMINAL_STATES = ("succeeded", "failed", "cancelled")
 
 
 class ApiError(Exception):
-    """An error answer of the API (problem+json), or a server that cannot be reached."""
+    """Base of every error the client raises.
 
-    def __init__(self, status: int, title: str, detail: str | None = None, body: dict | None = None) -> None:
-        super().__init__(f"{status} {title}: {detail}" if detail else f"{status} {title}")
+        ApiError                    status: the HTTP status, or None without an answer
+        ├── TransportError          the server could not be reached, or the transfer broke
+        │   └── CorruptDownload     a downloaded file's sha256 differs from its ETag
+        └── HttpError               the API answered 4xx/5xx (problem+json: title, detail, body)
+            ├── BadRequest              400 (and 4xx without a class of their own)
+            ├── Unauthorized            401 missing, invalid or revoked API key
+            ├── NotFound                404 no such job/artifact (or another tenant's)
+            ├── Conflict                409 the job's state does not allow it
+            ├── PayloadTooLarge         413 the upload exceeds the server's limit
+            ├── UnsupportedMediaType    415
+            ├── ValidationError         422 bad spec, checkpoint or data part
+            ├── TooManyRequests         429 a tenant limit or key-attempt rate limit
+            └── ServerError             5xx
+    """
+
+    def __init__(self, status: int | None, title: str, detail: str | None = None, body: dict | None = None) -> None:
+        head = f"{status} {title}" if status is not None else title
+        super().__init__(f"{head}: {detail}" if detail else head)
         self.status = status
         self.title = title
         self.detail = detail
         self.body = body or {}
+
+
+class TransportError(ApiError):
+    """No HTTP answer: connection refused, timeout, or a broken transfer (status is None)."""
+
+    def __init__(self, title: str, detail: str | None = None) -> None:
+        super().__init__(None, title, detail)
+
+
+class CorruptDownload(TransportError):
+    pass
+
+
+class HttpError(ApiError):
+    status: int
+
+
+class BadRequest(HttpError):
+    pass
+
+
+class Unauthorized(HttpError):
+    pass
+
+
+class NotFound(HttpError):
+    pass
+
+
+class Conflict(HttpError):
+    pass
+
+
+class PayloadTooLarge(HttpError):
+    pass
+
+
+class UnsupportedMediaType(HttpError):
+    pass
+
+
+class ValidationError(HttpError):
+    pass
+
+
+class TooManyRequests(HttpError):
+    pass
+
+
+class ServerError(HttpError):
+    pass
+
+
+_BY_STATUS: dict[int, type[HttpError]] = {
+    401: Unauthorized, 404: NotFound, 409: Conflict, 413: PayloadTooLarge, 415: UnsupportedMediaType,
+    422: ValidationError, 429: TooManyRequests,
+}
+
+
+def error_class(status: int) -> type[HttpError]:
+    """The exception class the client raises for an HTTP error status."""
+    if status >= 500:
+        return ServerError
+    return _BY_STATUS.get(status, BadRequest)
 
 
 class NernClient:
@@ -60,7 +140,7 @@ class NernClient:
         try:
             r = self._http.request(method, path, **kw)
         except httpx.TransportError as e:
-            raise ApiError(0, "cannot reach the server", f"{self.server}: {e}") from None
+            raise TransportError("cannot reach the server", f"{self.server}: {e}") from None
         if r.status_code >= 400:
             _raise_for(r)
         return r
@@ -153,10 +233,10 @@ class NernClient:
                         f.write(chunk)
         except httpx.TransportError as e:
             tmp.unlink(missing_ok=True)
-            raise ApiError(0, "download interrupted", str(e)) from None
+            raise TransportError("download interrupted", str(e)) from None
         if etag and h.hexdigest() != etag:
             tmp.unlink(missing_ok=True)
-            raise ApiError(0, "corrupt download", f"{name}: sha256 {h.hexdigest()} != ETag {etag}")
+            raise CorruptDownload("corrupt download", f"{name}: sha256 {h.hexdigest()} != ETag {etag}")
         os.replace(tmp, target)
         return target
 
@@ -188,4 +268,4 @@ def _raise_for(r: httpx.Response) -> None:
         body = {}
     if not isinstance(body, dict):
         body = {}
-    raise ApiError(r.status_code, body.get("title") or r.reason_phrase, body.get("detail"), body)
+    raise error_class(r.status_code)(r.status_code, body.get("title") or r.reason_phrase, body.get("detail"), body)

@@ -2,7 +2,9 @@
 
 The Celery message carries only the job id. If sending fails (broker down) the job stays
 `queued` with no `published_at`, and the sweeper sends it later. The sweeper also re-queues
-running jobs whose lease lapsed (their worker died) — or fails them after `max_attempts`.
+running jobs whose lease lapsed (their worker died) or whose step stopped advancing (watchdog)
+— or fails them after `max_attempts` — and sends again queued jobs whose message went out more
+than `republish_seconds` ago without a worker claiming them (a broker that lost its queue).
 """
 
 from __future__ import annotations
@@ -13,7 +15,9 @@ import threading
 from celery import Celery
 
 from .jobstore import crud
+from .jobstore.artifacts import ArtifactStore
 from .jobstore.db import session_scope
+from .jobstore.models import Job
 from .jobstore.settings import Settings
 
 log = logging.getLogger("nern.api")
@@ -42,13 +46,32 @@ class Dispatcher:
 
     def sweep(self) -> None:
         with session_scope(self.settings.database_url) as session:
-            changed = crud.expire_leases(session)
+            changed = crud.expire_leases(session, self.settings.stall_seconds)
         if changed:
             log.info("lease sweep changed %d job(s)", changed)
+        if self.settings.retention_days > 0:
+            self.remove_expired()
         with session_scope(self.settings.database_url) as session:
-            pending = crud.unpublished_jobs(session)
+            pending = crud.unpublished_jobs(session, self.settings.republish_seconds)
         for job_id, queue in pending:
             self.publish(job_id, queue)
+
+    def remove_expired(self) -> int:
+        """Delete finished jobs past NERN_RETENTION_DAYS: the row first, then the files."""
+        store = ArtifactStore(self.settings.artifact_root)
+        removed = 0
+        with session_scope(self.settings.database_url) as session:
+            ids = crud.finished_before(session, self.settings.retention_days)
+        for job_id in ids:
+            with session_scope(self.settings.database_url) as session:
+                job = session.get(Job, job_id)
+                if job is None or not crud.delete_job(session, job):
+                    continue
+            store.remove_job(job_id)
+            removed += 1
+        if removed:
+            log.info("retention: removed %d finished job(s)", removed)
+        return removed
 
     def ping_broker(self) -> None:
         with self.celery.connection_for_write() as conn:

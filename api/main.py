@@ -10,14 +10,12 @@ from fastapi import FastAPI
 from starlette.concurrency import run_in_threadpool
 
 from . import problems
-from .deps import KeyCache
-from .dispatch import Dispatcher
+from .deps import Services
 from .jobstore import crud
-from .jobstore.artifacts import ArtifactStore
 from .jobstore.db import migrate, session_scope
 from .jobstore.settings import Settings, get_settings
 from .routes import dashboard, health, jobs
-from .telemetry import HttpMetrics, MetricsMiddleware
+from .telemetry import MetricsMiddleware
 
 log = logging.getLogger("nern.api")
 
@@ -33,16 +31,16 @@ def _prepare(settings: Settings) -> int | None:
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
-    metrics = HttpMetrics()
+    services = Services.build(settings)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        app.state.default_tenant_id = await run_in_threadpool(_prepare, settings)
-        app.state.dispatcher.start()
+        services.default_tenant_id = await run_in_threadpool(_prepare, settings)
+        services.dispatcher.start()
         try:
             yield
         finally:
-            app.state.dispatcher.stop()
+            services.dispatcher.stop()
 
     app = FastAPI(
         title="NeRN service",
@@ -50,16 +48,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         summary="Compress a pretrained CNN's convolution weights into a NeRN predictor.",
         lifespan=lifespan,
     )
-    app.state.settings = settings
-    app.state.store = ArtifactStore(settings.artifact_root)
-    app.state.dispatcher = Dispatcher(settings)
-    app.state.key_cache = KeyCache(settings.auth_cache_seconds)
-    app.state.metrics = metrics
+    app.state.services = services  # read only through api.deps
     problems.install(app)
     app.include_router(health.router)
     app.include_router(jobs.router)
     app.include_router(dashboard.router)
-    app.add_middleware(MetricsMiddleware, metrics=metrics)
+    app.add_middleware(MetricsMiddleware, metrics=services.metrics)
     return app
 
 

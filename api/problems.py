@@ -9,6 +9,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from sqlalchemy.exc import InterfaceError, OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 log = logging.getLogger("nern.api")
@@ -96,6 +97,15 @@ def install(app: FastAPI) -> None:
         return problem_response(
             422, validation_detail(errors), kind="invalid-request", instance=request.url.path, errors=errors
         )
+
+    @app.exception_handler(OperationalError)
+    @app.exception_handler(InterfaceError)
+    async def _database_down(request: Request, exc: Exception) -> JSONResponse:
+        # A dropped connection (failover, restart) or a database that does not answer: the
+        # request may be repeated; the pool has already discarded the dead connections.
+        log.warning("database unavailable on %s %s: %s", request.method, request.url.path, exc)
+        return problem_response(503, "the database is unavailable; try again shortly", kind="database-unavailable",
+                                instance=request.url.path, headers={"Retry-After": "1"})
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:

@@ -7,6 +7,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from .jobstore.states import JobState, Stage
+
 
 class JobStatus(BaseModel):
     """JobPublic without its two JSON documents (the status route splices those in as stored)."""
@@ -15,8 +17,8 @@ class JobStatus(BaseModel):
 
     id: str
     name: str | None
-    state: str
-    stage: str
+    state: JobState
+    stage: Stage
     progress: float = Field(description="0–1 over the whole job")
     step: int
     total_steps: int
@@ -65,7 +67,7 @@ class MetricPointPublic(BaseModel):
     model_config = ConfigDict(from_attributes=True)
 
     attempt: int
-    stage: str
+    stage: Stage
     step: int
     lr: float | None
     elapsed_s: float
@@ -75,14 +77,3 @@ class MetricPointPublic(BaseModel):
 class JobMetrics(BaseModel):
     job_id: str
     points: list[MetricPointPublic]
-
-
-class Problem(BaseModel):
-    """RFC 9457 problem details (`application/problem+json`)."""
-
-    type: str = "about:blank"
-    title: str
-    status: int
-    detail: str | None = None
-    instance: str | None = None
-    errors: list[dict[str, Any]] | None = Field(None, description="field errors of a 422")

@@ -11,17 +11,14 @@ moved into place only together with the row's commit.
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import re
 import shutil
 import uuid
-import zipfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
-import numpy as np
 from pydantic import ValidationError
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
@@ -32,55 +29,76 @@ from nern.targets import load_target
 
 from .jobstore import crud
 from .jobstore.artifacts import ArtifactStore
+from .jobstore.datasets import BUILTIN_DATA, DataPartError, check_npz, valid_part_name
 from .jobstore.models import Job
 from .jobstore.settings import Settings
 from .jobstore.spec import JobSpec
-from .jobstore.states import JobState, queue_for_device
+from .jobstore.states import JobState, Stage, queue_for_device
 from .problems import ProblemError, validation_detail
 from .uploads import Upload
 
 _PART_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}\.npz$")
 _CHECKPOINT_SUFFIXES = (".pt", ".pth", ".th", ".bin", ".ckpt", ".safetensors")
-_MAX_NPZ_ENTRIES = 64
-# Names the library resolves itself (nern.data): the shipped CIFAR-10 subsets, and noise.
-BUILTIN_DATA = {"data": ("cifar10", "cifar10-test", "noise"), "eval_data": ("cifar10", "cifar10-test")}
+_CHUNK = 1 << 20
 
 
 @dataclass
 class JobFiles:
+    """A submission's parts: the checkpoint in memory (it is parsed), data parts already on disk
+    in `staging` (streamed there in chunks) with their sha256."""
+
     checkpoint_name: str
     checkpoint: bytes
     spec_text: str
-    data_parts: dict[str, bytes]
+    data_parts: dict[str, str]  # part name → sha256 of the file staging/name
+    staging: Path
+
+    def discard(self) -> None:
+        shutil.rmtree(self.staging, ignore_errors=True)
 
 
 def _invalid(detail: str, kind: str = "invalid-upload", errors: list[dict[str, Any]] | None = None) -> ProblemError:
     return ProblemError(422, detail, kind=kind, errors=errors)
 
 
-def collect_files(upload: Upload) -> JobFiles:
-    """Pick the `checkpoint`, `spec` and .npz parts out of a parsed upload."""
+def _stream_to(src: BinaryIO, path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "wb") as out:
+        while chunk := src.read(_CHUNK):
+            h.update(chunk)
+            out.write(chunk)
+    return h.hexdigest()
+
+
+def collect_files(upload: Upload, store: ArtifactStore) -> JobFiles:
+    """Pick the `checkpoint`, `spec` and .npz parts out of a parsed upload; data parts are
+    copied in chunks into a fresh staging folder (removed again if anything is wrong)."""
     ckpt = upload.files.get("checkpoint")
     if ckpt is None:
         raise _invalid("missing the 'checkpoint' file part")
     if "spec" in upload.fields:
         spec_text = upload.fields["spec"]
     elif "spec" in upload.files:
-        spec_text = upload.files["spec"].file.read().decode("utf-8", errors="replace")
+        spec_text = upload.files["spec"].file.read(2**20).decode("utf-8", errors="replace")
     else:
         spec_text = "{}"
-    data_parts = {}
-    for name, f in upload.files.items():
-        if name in ("checkpoint", "spec"):
-            continue
-        if not _PART_NAME.match(name):
-            raise _invalid(f"unexpected part {name!r}: data parts are named like 'train.npz' ([A-Za-z0-9._-])")
-        data_parts[name] = f.file.read()
     extra = next((n for n in upload.fields if n != "spec"), None)
     if extra is not None:
         raise _invalid(f"unexpected form field {extra!r}; send 'spec', 'checkpoint' and .npz parts")
-    name = Path(ckpt.filename or "checkpoint.pt").name[-200:] or "checkpoint.pt"
-    return JobFiles(name, ckpt.file.read(), spec_text, data_parts)
+    names = [n for n in upload.files if n not in ("checkpoint", "spec")]
+    for part in names:
+        if not _PART_NAME.match(part):
+            raise _invalid(f"unexpected part {part!r}: data parts are named like 'train.npz' ([A-Za-z0-9._-])")
+        if not valid_part_name(part):
+            raise _invalid(f"part name {part!r} is reserved for the stored checkpoint; name the data part otherwise")
+    staging = store.staging_dir()
+    try:
+        parts = {part: _stream_to(upload.files[part].file, staging / part) for part in names}
+        name = Path(ckpt.filename or "checkpoint.pt").name[-200:] or "checkpoint.pt"
+        return JobFiles(name, ckpt.file.read(), spec_text, parts, staging)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
 
 
 def parse_spec(text: str) -> JobSpec:
@@ -109,45 +127,27 @@ def request_digest(files: JobFiles) -> str:
         spec = files.spec_text
     h.update(spec.encode())
     for name in sorted(files.data_parts):
-        h.update(name.encode() + b"\0" + hashlib.sha256(files.data_parts[name]).digest())
+        h.update(name.encode() + b"\0" + bytes.fromhex(files.data_parts[name]))
     return h.hexdigest()
 
 
-def _check_npz(name: str, data: bytes, *, labelled: bool) -> None:
-    try:
-        with zipfile.ZipFile(io.BytesIO(data)) as zf:
-            infos = zf.infolist()
-    except zipfile.BadZipFile:
-        raise _invalid(f"part {name!r} is not an .npz archive") from None
-    if len(infos) > _MAX_NPZ_ENTRIES or sum(i.file_size for i in infos) > 50 * len(data) + 2**20:
-        raise _invalid(f"part {name!r}: too many entries or too high an expansion ratio")
-    try:
-        with np.load(io.BytesIO(data), allow_pickle=False) as npz:
-            keys = set(npz.files)
-            images = npz["images"] if "images" in keys else None
-            labels = npz["labels"] if labelled and "labels" in keys else None
-    except Exception as e:
-        raise _invalid(f"part {name!r} cannot be read without pickle: {str(e)[:160]}") from None
-    if images is None or images.ndim != 4:
-        raise _invalid(f"part {name!r} needs an 'images' array [N, H, W, C]")
-    if labelled and (labels is None or labels.shape != (images.shape[0],)):
-        raise _invalid(f"part {name!r} is evaluation data and needs 'labels' [N] matching 'images'")
-
-
-def _resolve_data(
-    field: str, value: str | None, files: JobFiles, input_dir: Path, settings: Settings
-) -> str | None:
-    if value is None:
-        return None
-    if value in BUILTIN_DATA[field]:
-        return value
+def _check_data(
+    field: str, value: str | None, files: JobFiles, settings: Settings, num_classes: int | None
+) -> None:
+    """The spec's data name must be built in, an uploaded part (checked by the shared
+    validator), or a file in NERN_DATA_DIR. The stored spec keeps the name as sent."""
+    if value is None or value in BUILTIN_DATA[field]:
+        return
     if value in files.data_parts:
-        _check_npz(value, files.data_parts[value], labelled=field == "eval_data")
-        return str(input_dir / value)
+        try:
+            check_npz(files.staging / value, value, labelled=field == "eval_data", num_classes=num_classes,
+                      max_bytes=settings.max_data_bytes)
+        except DataPartError as e:
+            raise _invalid(str(e), "invalid-data") from None
+        return
     if "/" not in value and "\\" not in value and value not in ("", ".", "..") and settings.data_dir:
-        candidate = settings.data_dir / value
-        if candidate.is_file():
-            return str(candidate)
+        if (settings.data_dir / value).is_file():
+            return
     builtin = "".join(f"{b!r}, " for b in BUILTIN_DATA[field])
     raise _invalid(
         f"spec.{field}: {value!r} is not {builtin}the name of an uploaded .npz part or a file in "
@@ -180,38 +180,45 @@ def submit_job(
     files: JobFiles,
     idempotency_key: str | None,
 ) -> tuple[Job, bool]:
-    """Check and store a submission. Returns (job, created); created=False for a replay."""
-    digest = request_digest(files)
-    if idempotency_key is not None:
-        existing = crud.find_idempotent(session, tenant_id, idempotency_key)
-        if existing is not None:
-            return _replay(existing, digest), False
+    """Check and store a submission. Returns (job, created); created=False for a replay.
 
-    spec = parse_spec(files.spec_text)
-    job_id = uuid.uuid4().hex
-    input_dir = store.input_dir(job_id)
-    stored_spec = spec.model_dump(mode="json")
-    stored_spec["data"] = _resolve_data("data", spec.data, files, input_dir, settings)
-    stored_spec["eval_data"] = _resolve_data("eval_data", spec.eval_data, files, input_dir, settings)
-    unused = sorted(set(files.data_parts) - {spec.data, spec.eval_data})
-    if unused:
-        raise _invalid(f"part {unused[0]!r} is not named by spec.data or spec.eval_data")
-    arch, _kwargs = _check_checkpoint(files, spec.arch)
+    Consumes `files.staging`: moved into place as the job's input folder, or removed.
+    """
+    staging = files.staging
+    try:
+        digest = request_digest(files)
+        if idempotency_key is not None:
+            existing = crud.find_idempotent(session, tenant_id, idempotency_key)
+            if existing is not None:
+                files.discard()
+                return _replay(existing, digest), False
+
+        spec = parse_spec(files.spec_text)
+        job_id = uuid.uuid4().hex
+        stored_spec = spec.model_dump(mode="json")  # as sent: part names, never server paths
+        unused = sorted(set(files.data_parts) - {spec.data, spec.eval_data})
+        if unused:
+            raise _invalid(f"part {unused[0]!r} is not named by spec.data or spec.eval_data")
+        _check_tenant_limits(session, settings, tenant_id, files)
+        arch, kwargs = _check_checkpoint(files, spec.arch)
+        _check_data("data", spec.data, files, settings, kwargs.get("num_classes"))
+        _check_data("eval_data", spec.eval_data, files, settings, kwargs.get("num_classes"))
+    except BaseException:
+        files.discard()
+        raise
 
     suffix = Path(files.checkpoint_name).suffix.lower()
     stored_name = "checkpoint" + (suffix if suffix in _CHECKPOINT_SUFFIXES else ".pt")
-    staging = store.staging_dir()
     try:
         (staging / stored_name).write_bytes(files.checkpoint)
-        for name, data in files.data_parts.items():
-            (staging / name).write_bytes(data)
         job = Job(
-            id=job_id, tenant_id=tenant_id, name=spec.name, arch=arch, queue=queue_for_device(spec.device),
-            spec=stored_spec, state=JobState.queued.value, stage="queued", progress=0.0, step=0,
+            id=job_id, tenant_id=tenant_id, name=spec.name, arch=arch, queue=queue_for_device(spec.device, settings.auto_queue),
+            spec=stored_spec, state=JobState.queued.value, stage=Stage.queued.value, progress=0.0, step=0,
             total_steps=spec.steps, attempts=0, max_attempts=settings.max_attempts, cancel_requested=False,
             created_at=crud.utcnow(), checkpoint_name=files.checkpoint_name,
             checkpoint_sha256=hashlib.sha256(files.checkpoint).hexdigest(),
             checkpoint_bytes=len(files.checkpoint), idempotency_key=idempotency_key, request_sha256=digest,
+            time_limit_s=spec.time_limit_s, input_bytes=sum(p.stat().st_size for p in staging.iterdir()),
         )
         session.add(job)
         session.flush()
@@ -234,6 +241,25 @@ def submit_job(
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return job, True
+
+
+def _check_tenant_limits(session: Session, settings: Settings, tenant_id: int, files: JobFiles) -> None:
+    if not (settings.tenant_max_active_jobs or settings.tenant_max_bytes):
+        return
+    active, stored = crud.tenant_usage(session, tenant_id)
+    if settings.tenant_max_active_jobs and active >= settings.tenant_max_active_jobs:
+        raise ProblemError(
+            429, f"this tenant already has {active} queued or running jobs, its limit "
+            "(NERN_TENANT_MAX_ACTIVE_JOBS); submit again when one has finished",
+            kind="tenant-job-limit", headers={"Retry-After": "30"},
+        )
+    incoming = len(files.checkpoint) + sum(p.stat().st_size for p in files.staging.iterdir())
+    if settings.tenant_max_bytes and stored + incoming > settings.tenant_max_bytes:
+        raise ProblemError(
+            413, f"this tenant stores {stored} bytes; {incoming} more would pass its limit of "
+            f"{settings.tenant_max_bytes} (NERN_TENANT_MAX_BYTES); delete finished jobs (DELETE /jobs/{{id}})",
+            kind="tenant-storage-full",
+        )
 
 
 def _replay(job: Job, digest: str) -> Job:

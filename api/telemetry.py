@@ -12,6 +12,8 @@ from collections import defaultdict
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from .jobstore.states import JobState
+
 BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
 
@@ -49,8 +51,8 @@ class HttpMetrics:
             out.append(f'nern_http_request_duration_seconds_sum{{method="{m}",route="{r}"}} {h[-1]:.6f}')
             out.append(f'nern_http_request_duration_seconds_count{{method="{m}",route="{r}"}} {int(cum)}')
         out += ["# HELP nern_jobs Jobs in the database by state.", "# TYPE nern_jobs gauge"]
-        for state in ("queued", "running", "succeeded", "failed", "cancelled"):
-            out.append(f'nern_jobs{{state="{state}"}} {jobs_by_state.get(state, 0)}')
+        for state in JobState:
+            out.append(f'nern_jobs{{state="{state.value}"}} {jobs_by_state.get(state.value, 0)}')
         for name, n in sorted(self.counters.items()):
             out += [f"# TYPE nern_{name}_total counter", f"nern_{name}_total {n}"]
         return "\n".join(out) + "\n"

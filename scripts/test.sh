@@ -13,6 +13,13 @@ if ! redis-cli -h 127.0.0.1 -p 6379 ping >/dev/null 2>&1; then
     --dir /var/lib/redis --logfile /var/log/redis/ci.log >/dev/null 2>&1 || true
 fi
 
+# docker-compose validates docker-compose.yml in tests/deploy (no Docker engine needed).
+if ! command -v docker-compose >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -q docker-compose >/dev/null 2>&1 \
+    || { apt-get update -q >/dev/null 2>&1 && DEBIAN_FRONTEND=noninteractive apt-get install -y -q docker-compose >/dev/null 2>&1; } \
+    || echo "could not install docker-compose: tests/deploy will fail" >&2
+fi
+
 .venv/bin/ruff check nern api worker tests benchmarks || exit 1
 .venv/bin/python -m pytest "$@"
 rc=$?

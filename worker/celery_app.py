@@ -12,7 +12,12 @@
 
 from __future__ import annotations
 
+import os
+import signal
+import threading
+
 from celery import Celery
+from celery.signals import worker_process_init, worker_shutting_down
 from kombu import Queue
 
 from api.jobstore.settings import Settings, get_settings
@@ -49,3 +54,60 @@ def make_celery(settings: Settings) -> Celery:
 
 
 app = make_celery(get_settings())
+
+# Set in a pool process when its worker is told to stop (SIGTERM): the running job is handed
+# back at its next step without using up an attempt (worker.tasks, worker.lease).
+draining = threading.Event()
+
+
+@worker_process_init.connect
+def _init_pool_process(**_kw) -> None:
+    """In each freshly forked pool process: own database connections, own GPU, drain on SIGTERM."""
+    from api.jobstore.db import forget_engines
+
+    from .devices import gpu_for_process, visible_gpus
+
+    forget_engines()  # never share the parent's pooled connections across the fork
+    gpus = visible_gpus()
+    if gpus:
+        from billiard.process import current_process
+
+        index = getattr(current_process(), "index", 0) or 0
+        os.environ["CUDA_VISIBLE_DEVICES"] = gpu_for_process(index, gpus, get_settings().jobs_per_gpu)
+
+
+def drain_on_sigterm() -> None:
+    """While a job runs in this pool process, SIGTERM means "hand the job back", not "die".
+
+    Called at the start of each task: billiard installs its own SIGTERM handler after
+    worker_process_init, so an earlier one would be overwritten."""
+    try:
+        signal.signal(signal.SIGTERM, lambda *_: draining.set())
+    except ValueError:  # not the main thread (a threads pool): the lease still guards the job
+        pass
+
+
+@worker_shutting_down.connect
+def _drain_pool(**_kw) -> None:
+    """In the worker's main process, when it begins to stop: tell the pool processes to hand
+    their jobs back (Celery's warm shutdown would otherwise wait for whole jobs to finish)."""
+    me = os.getpid()
+    for pid in _children(me):
+        try:
+            os.kill(pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+
+
+def _children(pid: int) -> list[int]:
+    out = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    fields = f.read().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[1]) == pid:
+                out.append(int(entry))
+    return out

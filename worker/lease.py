@@ -3,6 +3,11 @@
 The lease is renewed every `heartbeat_seconds` from a background thread. If the row says the
 job is no longer ours (the lease lapsed and another worker took it) or a cancel was
 requested, `should_stop()` turns True and nern.train.fit stops at its next step.
+
+A database blip or failover (connections dropped, a restart) never fails a job: progress
+writes and the final result are retried with backoff (`retrying`) for `db_retry_seconds`; only
+a lost lease stops the worker. The worker being stopped (SIGTERM, `draining`) also stops the
+job at its next step, and the task hands it back without using up an attempt.
 """
 
 from __future__ import annotations
@@ -13,12 +18,37 @@ import socket
 import threading
 import time
 import uuid
+from collections.abc import Callable
+from typing import TypeVar
 
 from api.jobstore import crud
 from api.jobstore.db import session_scope
 from api.jobstore.settings import Settings
+from api.jobstore.states import Stage
+
+from .celery_app import draining
 
 log = logging.getLogger("nern.worker")
+T = TypeVar("T")
+
+
+def retrying(settings: Settings, what: str, fn: Callable[[], T]) -> T:
+    """Run a database write, retrying connection errors with backoff for `db_retry_seconds`."""
+    from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+
+    deadline = time.monotonic() + settings.db_retry_seconds
+    delay = 0.1
+    while True:
+        try:
+            return fn()
+        except (OperationalError, InterfaceError, DBAPIError) as e:
+            if not (isinstance(e, OperationalError | InterfaceError) or e.connection_invalidated):
+                raise
+            if time.monotonic() + delay > deadline:
+                raise
+            log.warning("%s: database unavailable (%s); retrying in %.1f s", what, type(e.orig).__name__, delay)
+            time.sleep(delay)
+            delay = min(delay * 2, 5.0)
 
 
 def worker_identity() -> str:
@@ -36,7 +66,7 @@ class Lease:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._beat, name=f"lease-{job_id[:8]}", daemon=True)
         self._last_progress = 0.0
-        self._last_stage = ""
+        self._last_stage: Stage | None = None
 
     def __enter__(self) -> Lease:
         self._thread.start()
@@ -47,7 +77,7 @@ class Lease:
         self._thread.join(timeout=10)
 
     def should_stop(self) -> bool:
-        return self.lost or self.cancel_requested
+        return self.lost or self.cancel_requested or draining.is_set()
 
     def _beat(self) -> None:
         while not self._stop.wait(self.settings.heartbeat_seconds):
@@ -67,7 +97,7 @@ class Lease:
 
     def report(
         self,
-        stage: str,
+        stage: Stage,
         *,
         step: int = 0,
         total_steps: int = 0,
@@ -82,10 +112,20 @@ class Lease:
         if stage == self._last_stage and not last and now - self._last_progress < self.settings.progress_seconds:
             return
         self._last_stage, self._last_progress = stage, now
-        with session_scope(self.settings.database_url) as session:
-            ours = crud.record_progress(
-                session, self.job_id, self.owner, attempt=self.attempt, stage=stage, step=step,
-                total_steps=total_steps, eta_seconds=eta_seconds, losses=losses, lr=lr, elapsed_s=elapsed_s,
-            )
-            cancel = ours and crud.cancel_requested(session, self.job_id)
+
+        def write() -> tuple[bool, bool]:
+            with session_scope(self.settings.database_url) as session:
+                ours = crud.record_progress(
+                    session, self.job_id, self.owner, attempt=self.attempt, stage=stage, step=step,
+                    total_steps=total_steps, eta_seconds=eta_seconds, losses=losses, lr=lr, elapsed_s=elapsed_s,
+                )
+                return ours, ours and crud.cancel_requested(session, self.job_id)
+
+        # Past db_retry_seconds the database is really gone: the lease lapses meanwhile and the
+        # job is someone else's to resume, so stop as for a lost lease, not as a failure.
+        try:
+            ours, cancel = retrying(self.settings, f"progress of job {self.job_id}", write)
+        except Exception as e:
+            log.warning("progress of job %s could not be written (%s); giving the job up", self.job_id, e)
+            ours, cancel = False, False
         self._update(ours, cancel)

@@ -21,14 +21,15 @@ from sqlalchemy.exc import InterfaceError, OperationalError
 
 from api.jobstore import crud
 from api.jobstore.artifacts import ArtifactStore
+from api.jobstore.datasets import DataPartError, check_npz, resolve_data
 from api.jobstore.db import session_scope
 from api.jobstore.models import Job
 from api.jobstore.settings import Settings, get_settings
 from api.jobstore.spec import JobSpec
-from api.jobstore.states import JobState
+from api.jobstore.states import JobState, Stage
 
-from .celery_app import TASK_RUN_JOB, app
-from .lease import Lease, worker_identity
+from .celery_app import TASK_RUN_JOB, app, drain_on_sigterm, draining
+from .lease import Lease, retrying, worker_identity
 
 log = logging.getLogger("nern.worker")
 
@@ -43,6 +44,9 @@ def run_job(job_id: str) -> str:
 
 def execute(job_id: str, settings: Settings) -> str:
     """Run one job if this worker can claim it; returns the job's final state (or 'skipped')."""
+    if draining.is_set():
+        return "skipped"
+    drain_on_sigterm()
     owner = worker_identity()
     with session_scope(settings.database_url) as session:
         job = crud.claim_job(session, job_id, owner, settings.lease_seconds)
@@ -54,10 +58,20 @@ def execute(job_id: str, settings: Settings) -> str:
         state, error = _run(job, settings, lease)
     if lease.lost:
         return "lost"
-    if state is not JobState.succeeded:
+    if state is JobState.cancelled and draining.is_set() and not lease.cancel_requested:
+        # The worker is stopping (deploy): hand the job back without using up its attempt.
         with session_scope(settings.database_url) as session:
-            crud.end_job(session, job_id, owner, state, error)
+            crud.release_job(session, job_id, owner)
+        log.info("worker stopping: job %s handed back to the queue (attempt not counted)", job_id)
+        return "released"
+    if state is not JobState.succeeded:
+        retrying(settings, f"end of job {job_id}", lambda: _end(settings, job_id, owner, state, error))
     return state.value
+
+
+def _end(settings: Settings, job_id: str, owner: str, state: JobState, error: str | None) -> None:
+    with session_scope(settings.database_url) as session:
+        crud.end_job(session, job_id, owner, state, error)
 
 
 def _run(job: Job, settings: Settings, lease: Lease) -> tuple[JobState, str | None]:
@@ -71,14 +85,21 @@ def _run(job: Job, settings: Settings, lease: Lease) -> tuple[JobState, str | No
         from nern import train
         from nern.checkpoint import load_state_dict
         from nern.deliver import deliver
+        from nern.targets import load_target
 
         spec = JobSpec.model_validate(job.spec)
-        config = spec.fit_config(arch=job.arch)
         state_dict = load_state_dict(store.checkpoint_path(job.id))
+        _model, _name, target_kwargs = load_target(state_dict, job.arch)
+        del _model
+        config = spec.fit_config(
+            arch=job.arch,
+            data=_data_source(store, settings, job.id, "data", spec.data, target_kwargs),
+            eval_data=_data_source(store, settings, job.id, "eval_data", spec.eval_data, target_kwargs),
+        )
 
         def on_progress(p: train.Progress) -> None:
             lease.report(
-                p.stage, step=p.step, total_steps=p.total_steps, eta_seconds=p.eta_s, losses=dict(p.losses) or None,
+                Stage(p.stage), step=p.step, total_steps=p.total_steps, eta_seconds=p.eta_s, losses=dict(p.losses) or None,
                 lr=p.lr, elapsed_s=p.elapsed_s,
             )
 
@@ -88,10 +109,10 @@ def _run(job: Job, settings: Settings, lease: Lease) -> tuple[JobState, str | No
             state_dict, config, work_dir=work_dir, on_progress=on_progress, should_stop=lease.should_stop,
             source_sha256=job.checkpoint_sha256,
         )
-        lease.report("compressing", step=config.steps, total_steps=config.steps)
+        lease.report(Stage.compressing, step=config.steps, total_steps=config.steps)
         out = deliver(result, state_dict, config, spec.compress, on_progress=on_progress,
                       should_stop=lease.should_stop)
-        lease.report("compressing", step=config.steps, total_steps=config.steps)  # fine-tuning counted its own
+        lease.report(Stage.compressing, step=config.steps, total_steps=config.steps)  # fine-tuning counted its own
 
         artifacts: list[tuple[str, int, str, str]] = []  # (name, size, sha256, media type)
 
@@ -110,22 +131,60 @@ def _run(job: Job, settings: Settings, lease: Lease) -> tuple[JobState, str | No
         summary = _jsonable(out.summary)
         summary["package_bytes"] = served[1]
         summary["checkpoint_bytes"] = job.checkpoint_bytes
+        summary["worker_device"] = _device_label()
         write("report.json", lambda p: Path(p).write_text(json.dumps(summary, indent=2)))
-        with session_scope(settings.database_url) as session:
-            ok = crud.finish_job(
-                session, job.id, lease.owner, summary=summary, artifacts=artifacts,
-                resumed_from_step=summary.get("resumed_from_step"),
-            )
+        def finish() -> bool:
+            with session_scope(settings.database_url) as session:
+                return crud.finish_job(
+                    session, job.id, lease.owner, summary=summary, artifacts=artifacts,
+                    resumed_from_step=summary.get("resumed_from_step"),
+                )
+
+        ok = retrying(settings, f"result of job {job.id}", finish)
         if not ok:
             lease.lost = True
         return JobState.succeeded, None
     except CancelledError:
         return JobState.cancelled, None if lease.cancel_requested else "stopped: the lease was lost"
-    except NernError as e:
-        return JobState.failed, str(e)
+    except (NernError, DataPartError) as e:
+        return JobState.failed, _public_error(str(e), store, settings, job.id)
     except Exception as e:  # a bug, not the user's input: keep the trace in the worker's log
         log.exception("job %s failed", job.id)
-        return JobState.failed, f"internal error: {type(e).__name__}: {str(e)[:300]}"
+        return JobState.failed, _public_error(f"internal error: {type(e).__name__}: {str(e)[:300]}", store,
+                                              settings, job.id)
+
+
+def _data_source(store: ArtifactStore, settings: Settings, job_id: str, field: str, value: str | None,
+                 target_kwargs: dict[str, Any]) -> str | None:
+    """The spec's data name as a path on this machine; an uploaded part is checked again by the
+    validator the API used (api.jobstore.datasets), so a job runs only what was accepted."""
+    input_dir = store.input_dir(job_id)
+    resolved = resolve_data(value, input_dir, settings.data_dir)
+    if resolved is not None and Path(resolved).parent == input_dir:
+        check_npz(Path(resolved), Path(resolved).name, labelled=field == "eval_data",
+                  num_classes=target_kwargs.get("num_classes"), max_bytes=settings.max_data_bytes)
+    return resolved
+
+
+def _device_label() -> str:
+    """Where the job ran: `cuda:<GPU as the node numbers it>` or `cpu` (in the pool process)."""
+    import os
+
+    import torch
+
+    if torch.cuda.is_initialized():
+        pinned = os.environ.get("CUDA_VISIBLE_DEVICES", "")
+        return f"cuda:{pinned.split(',')[0] if pinned else torch.cuda.current_device()}"
+    return "cpu"
+
+
+def _public_error(message: str, store: ArtifactStore, settings: Settings, job_id: str) -> str:
+    """A job's error as its owner sees it: part and file names, never server paths."""
+    for folder, shown in ((store.input_dir(job_id), ""), (settings.data_dir, ""),
+                          (store.job_dir(job_id), ""), (settings.artifact_root, "")):
+        if folder is not None:
+            message = message.replace(str(folder) + "/", shown).replace(str(folder), shown or "<server>")
+    return message
 
 
 def _jsonable(obj: Any) -> Any:

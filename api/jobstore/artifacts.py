@@ -44,8 +44,12 @@ class ArtifactStore:
         return self.job_dir(job_id) / "work"
 
     def checkpoint_path(self, job_id: str) -> Path:
-        """The stored upload of a job (the one file in its input folder named checkpoint.*)."""
-        return next(self.input_dir(job_id).glob("checkpoint.*"))
+        """The stored upload of a job (the one file in its input folder named checkpoint.*,
+        with a checkpoint suffix: data parts cannot take that name, older ones were not checked)."""
+        found = [p for p in self.input_dir(job_id).glob("checkpoint.*") if p.suffix.lower() != ".npz"]
+        if not found:
+            raise FileNotFoundError(f"job {job_id} has no stored checkpoint")
+        return found[0]
 
     def artifact_path(self, job_id: str, name: str) -> Path:
         return self.job_dir(job_id) / "artifacts" / name

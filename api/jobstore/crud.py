@@ -15,17 +15,40 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
-from sqlalchemy import Engine, RowMapping, Text, and_, bindparam, cast, func, or_, select, update
+from sqlalchemy import (
+    Engine,
+    RowMapping,
+    Text,
+    and_,
+    bindparam,
+    case,
+    cast,
+    delete,
+    func,
+    or_,
+    select,
+    update,
+)
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
 from .models import ApiKey, Artifact, Job, MetricPoint, Tenant
-from .states import RETRYABLE, JobState, overall_progress
+from .states import RETRYABLE, TERMINAL, JobState, Stage, overall_progress
 
 KEY_PREFIX = "nern_"
 
 
 def utcnow() -> datetime:
     return datetime.now(timezone.utc)
+
+
+def db_now(session: Session) -> datetime:
+    """The database server's clock: lease decisions use it, so workers and API processes whose
+    clocks differ still agree. (SQLite is a file on this machine: its clock is ours.)"""
+    if session.get_bind().dialect.name == "sqlite":
+        return utcnow()
+    now = session.scalar(select(func.now()))
+    return now if now.tzinfo else now.replace(tzinfo=timezone.utc)
 
 
 # --------------------------------------------------------------------------- tenants and keys
@@ -90,7 +113,8 @@ def get_job(session: Session, tenant_id: int, job_id: str) -> Job | None:
 
 # The status endpoint's hot path reads the public columns without the ORM, and the JSON
 # columns as their stored text, which goes into the response without a decode/encode round.
-_PRIVATE = ("tenant_id", "lease_owner", "lease_expires_at", "published_at", "idempotency_key", "request_sha256")
+_PRIVATE = ("tenant_id", "lease_owner", "lease_expires_at", "published_at", "idempotency_key", "request_sha256",
+            "step_at", "time_limit_s", "input_bytes")
 _JSON_COLUMNS = ("spec", "summary")
 _JOB_BY_ID = select(
     *(c for c in Job.__table__.c if c.name not in _PRIVATE + _JSON_COLUMNS),
@@ -99,9 +123,18 @@ _JOB_BY_ID = select(
 
 
 def job_row(engine: Engine, tenant_id: int, job_id: str) -> RowMapping | None:
-    """A tenant's job as one row: public columns, with `spec` and `summary` as JSON text."""
-    with engine.connect() as conn:
-        return conn.execute(_JOB_BY_ID, {"job_id": job_id, "tenant_id": tenant_id}).mappings().first()
+    """A tenant's job as one row: public columns, with `spec` and `summary` as JSON text.
+
+    Tried twice when the first connection turns out dead (the database restarted or failed
+    over): pollers then see no error at all."""
+    for attempt in (1, 2):
+        try:
+            with engine.connect() as conn:
+                return conn.execute(_JOB_BY_ID, {"job_id": job_id, "tenant_id": tenant_id}).mappings().first()
+        except DBAPIError as e:
+            if attempt == 2 or not e.connection_invalidated:
+                raise
+    return None
 
 
 def find_idempotent(session: Session, tenant_id: int, key: str) -> Job | None:
@@ -184,7 +217,7 @@ def retry_job(session: Session, job: Job) -> bool:
         update(Job)
         .where(Job.id == job.id, Job.state.in_([s.value for s in RETRYABLE]))
         .values(
-            state=JobState.queued.value, stage="queued", attempts=0, cancel_requested=False, error=None,
+            state=JobState.queued.value, stage=Stage.queued.value, attempts=0, cancel_requested=False, error=None,
             lease_owner=None, lease_expires_at=None, published_at=None, finished_at=None,
         )
     )
@@ -197,23 +230,52 @@ def mark_published(session: Session, job_id: str) -> None:
     session.execute(update(Job).where(Job.id == job_id).values(published_at=utcnow()))
 
 
-def unpublished_jobs(session: Session) -> list[tuple[str, str]]:
-    """(id, queue) of queued jobs whose Celery message was never sent (or must be sent again)."""
-    rows = session.execute(
-        select(Job.id, Job.queue).where(Job.state == JobState.queued.value, Job.published_at.is_(None))
-    )
+def unpublished_jobs(session: Session, republish_seconds: float | None = None) -> list[tuple[str, str]]:
+    """(id, queue) of queued jobs whose Celery message was never sent (or must be sent again),
+    and, with `republish_seconds`, those sent longer ago than that and still not claimed: the
+    broker may have lost the message (Redis restarted without persistence, flushed). Sending a
+    job twice is harmless: the claim in the DB lets one worker run it."""
+    unsent = Job.published_at.is_(None)
+    if republish_seconds is not None:
+        unsent = or_(unsent, Job.published_at < db_now(session) - timedelta(seconds=republish_seconds))
+    rows = session.execute(select(Job.id, Job.queue).where(Job.state == JobState.queued.value, unsent))
     return [(r.id, r.queue) for r in rows]
 
 
-def expire_leases(session: Session) -> int:
-    """Handle running jobs whose worker stopped heartbeating; returns how many changed.
+def expire_leases(session: Session, stall_seconds: float = 0.0) -> int:
+    """Handle running jobs whose worker stopped heartbeating, or whose step stopped advancing
+    (watchdog, `stall_seconds` > 0: the worker lives but the job hangs), and jobs past their
+    time limit; returns how many changed.
 
-    Cancel requested → cancelled; attempts used up → failed with the reason; else → queued
-    again (published by the caller through `unpublished_jobs`).
+    Time limit passed → failed. Cancel requested → cancelled; attempts used up → failed with the
+    reason; else → queued again (published by the caller through `unpublished_jobs`). A
+    re-queued stalled job's worker finds its lease gone at its next heartbeat and stops.
     """
-    now = utcnow()
-    lapsed = and_(Job.state == JobState.running.value, Job.lease_expires_at < now)
+    now = db_now(session)
     changed = 0
+    active = [JobState.running.value, JobState.queued.value]
+    limited = session.execute(
+        select(Job.id, Job.started_at, Job.time_limit_s)
+        .where(Job.state.in_(active), Job.time_limit_s.is_not(None), Job.started_at.is_not(None))
+    ).all()
+    for job_id, started, limit in limited:
+        if started + timedelta(seconds=limit) < now:
+            changed += session.execute(
+                update(Job).where(Job.id == job_id, Job.state.in_(active))
+                .values(state=JobState.failed.value, lease_owner=None, finished_at=now,
+                        error=f"the job ran past its time limit of {limit:g} s (spec.time_limit_s)")
+            ).rowcount
+    lapsed = and_(Job.state == JobState.running.value, Job.lease_expires_at < now)
+    if stall_seconds > 0:
+        stalled = and_(Job.state == JobState.running.value, Job.step_at < now - timedelta(seconds=stall_seconds))
+        changed += session.execute(
+            update(Job)
+            .where(stalled, Job.attempts >= Job.max_attempts, Job.cancel_requested.is_(False))
+            .values(state=JobState.failed.value, lease_owner=None, finished_at=now,
+                    error=f"the job's step did not advance for {stall_seconds:g} s on every attempt "
+                    "(watchdog); gave up after the last attempt")
+        ).rowcount
+        lapsed = or_(lapsed, stalled)
     changed += session.execute(
         update(Job)
         .where(lapsed, Job.cancel_requested.is_(True))
@@ -231,9 +293,56 @@ def expire_leases(session: Session) -> int:
     changed += session.execute(
         update(Job)
         .where(lapsed)
-        .values(state=JobState.queued.value, stage="queued", lease_owner=None, published_at=None)
+        .values(state=JobState.queued.value, stage=Stage.queued.value, lease_owner=None, published_at=None)
     ).rowcount
     return changed
+
+
+def release_job(session: Session, job_id: str, owner: str) -> bool:
+    """Hand a running job back to the queue without using up its attempt (its worker is
+    stopping for a deploy); the sweeper sends it again."""
+    res = session.execute(
+        update(Job)
+        .where(Job.id == job_id, Job.lease_owner == owner, Job.state == JobState.running.value)
+        .values(state=JobState.queued.value, stage=Stage.queued.value, attempts=Job.attempts - 1,
+                lease_owner=None, lease_expires_at=None, published_at=None)
+    )
+    return res.rowcount == 1
+
+
+def delete_job(session: Session, job: Job) -> bool:
+    """Remove a queued or finished job's row with its artifacts and metric points (the caller
+    removes its files). A running job is not deleted: False."""
+    deletable = [JobState.queued.value, *(s.value for s in TERMINAL)]
+    for model in (Artifact, MetricPoint):
+        session.execute(delete(model).where(model.job_id == job.id))
+    res = session.execute(delete(Job).where(Job.id == job.id, Job.state.in_(deletable)))
+    return res.rowcount == 1
+
+
+def finished_before(session: Session, days: float, limit: int = 100) -> list[str]:
+    """Ids of finished jobs whose end lies more than `days` ago (retention)."""
+    cutoff = db_now(session) - timedelta(days=days)
+    return list(session.scalars(
+        select(Job.id).where(Job.state.in_([s.value for s in TERMINAL]), Job.finished_at < cutoff).limit(limit)
+    ))
+
+
+def tenant_usage(session: Session, tenant_id: int) -> tuple[int, int]:
+    """(queued + running jobs, stored bytes: uploads + artifacts) of a tenant."""
+    active = session.scalar(
+        select(func.count()).select_from(Job)
+        .where(Job.tenant_id == tenant_id, Job.state.in_([JobState.queued.value, JobState.running.value]))
+    ) or 0
+    inputs = session.scalar(
+        select(func.coalesce(func.sum(func.coalesce(Job.input_bytes, Job.checkpoint_bytes)), 0))
+        .where(Job.tenant_id == tenant_id)
+    ) or 0
+    outputs = session.scalar(
+        select(func.coalesce(func.sum(Artifact.size), 0)).join(Job, Job.id == Artifact.job_id)
+        .where(Job.tenant_id == tenant_id)
+    ) or 0
+    return int(active), int(inputs) + int(outputs)
 
 
 def count_by_state(session: Session) -> dict[str, int]:
@@ -268,7 +377,7 @@ def claim_job(session: Session, job_id: str, owner: str, lease_seconds: float) -
     Counts the attempt. Refuses cancelled jobs and jobs out of attempts, so a stale or duplicate
     Celery message does nothing.
     """
-    now = utcnow()
+    now = db_now(session)
     res = session.execute(
         update(Job)
         .where(
@@ -281,8 +390,8 @@ def claim_job(session: Session, job_id: str, owner: str, lease_seconds: float) -
             ),
         )
         .values(
-            state=JobState.running.value, stage="loading", attempts=Job.attempts + 1, lease_owner=owner,
-            lease_expires_at=now + timedelta(seconds=lease_seconds), heartbeat_at=now, error=None,
+            state=JobState.running.value, stage=Stage.loading.value, attempts=Job.attempts + 1, lease_owner=owner,
+            lease_expires_at=now + timedelta(seconds=lease_seconds), heartbeat_at=now, step_at=now, error=None,
         )
     )
     if res.rowcount != 1:
@@ -296,7 +405,7 @@ def claim_job(session: Session, job_id: str, owner: str, lease_seconds: float) -
 
 def renew_lease(session: Session, job_id: str, owner: str, lease_seconds: float) -> tuple[bool, bool]:
     """Heartbeat. Returns (still ours, cancel requested)."""
-    now = utcnow()
+    now = db_now(session)
     res = session.execute(
         update(Job)
         .where(Job.id == job_id, Job.lease_owner == owner, Job.state == JobState.running.value)
@@ -317,7 +426,7 @@ def record_progress(
     owner: str,
     *,
     attempt: int,
-    stage: str,
+    stage: Stage,
     step: int = 0,
     total_steps: int = 0,
     eta_seconds: float | None = None,
@@ -325,12 +434,16 @@ def record_progress(
     lr: float | None = None,
     elapsed_s: float = 0.0,
 ) -> bool:
-    """Write the job's stage/progress and, with losses, one metric point. False = lease lost."""
+    """Write the job's stage/progress and, with losses, one metric point. False = lease lost.
+
+    `step_at` (the watchdog's clock) moves when the step or the stage changes."""
+    moved = or_(Job.step != step, Job.stage != Stage(stage).value)
     res = session.execute(
         update(Job)
         .where(Job.id == job_id, Job.lease_owner == owner, Job.state == JobState.running.value)
         .values(
-            stage=stage, step=step, total_steps=total_steps, eta_seconds=eta_seconds,
+            step_at=case((moved, db_now(session)), else_=Job.step_at),
+            stage=Stage(stage).value, step=step, total_steps=total_steps, eta_seconds=eta_seconds,
             progress=overall_progress(stage, step, total_steps),
         )
     )
@@ -339,7 +452,7 @@ def record_progress(
     if losses is not None:
         session.add(
             MetricPoint(
-                job_id=job_id, attempt=attempt, stage=stage, step=step, lr=lr, elapsed_s=elapsed_s,
+                job_id=job_id, attempt=attempt, stage=Stage(stage).value, step=step, lr=lr, elapsed_s=elapsed_s,
                 losses={k: float(v) for k, v in losses.items()},
             )
         )
@@ -361,7 +474,7 @@ def finish_job(
         update(Job)
         .where(Job.id == job_id, Job.lease_owner == owner, Job.state == JobState.running.value)
         .values(
-            state=JobState.succeeded.value, stage="done", progress=1.0, eta_seconds=0.0, finished_at=now,
+            state=JobState.succeeded.value, stage=Stage.done.value, progress=1.0, eta_seconds=0.0, finished_at=now,
             summary=summary, resumed_from_step=resumed_from_step, lease_owner=None, lease_expires_at=None,
         )
     )

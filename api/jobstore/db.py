@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import threading
 from collections.abc import Iterator
 from functools import lru_cache
 from pathlib import Path
@@ -25,8 +26,21 @@ def _sqlite_pragmas(dbapi_conn, _record) -> None:
     cur.close()
 
 
-@lru_cache(maxsize=8)
+_ENGINES: dict[str, Engine] = {}
+_ENGINES_LOCK = threading.Lock()
+
+
 def get_engine(url: str) -> Engine:
+    """The process's one engine (connection pool) for a URL."""
+    engine = _ENGINES.get(url)
+    if engine is None:
+        with _ENGINES_LOCK:
+            engine = _ENGINES.get(url) or _create_engine(url)
+            _ENGINES[url] = engine
+    return engine
+
+
+def _create_engine(url: str) -> Engine:
     u = make_url(url)
     if u.get_backend_name() == "sqlite":
         if u.database:
@@ -43,6 +57,15 @@ def get_engine(url: str) -> Engine:
 @lru_cache(maxsize=8)
 def get_sessionmaker(url: str) -> sessionmaker[Session]:
     return sessionmaker(get_engine(url), expire_on_commit=False)
+
+
+def forget_engines() -> None:
+    """Drop this process's engines without closing the connections (they belong to the parent
+    after a fork: closing would break its sessions); the next use opens fresh ones."""
+    for engine in list(_ENGINES.values()):
+        engine.dispose(close=False)
+    _ENGINES.clear()
+    get_sessionmaker.cache_clear()
 
 
 @contextlib.contextmanager

@@ -88,6 +88,9 @@ class Job(Base):
     lease_expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     heartbeat_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     published_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    step_at: Mapped[datetime | None] = mapped_column(UTCDateTime())  # last time `step` advanced (watchdog)
+    time_limit_s: Mapped[float | None] = mapped_column(Float)  # from the spec; None = no limit
+    input_bytes: Mapped[int | None] = mapped_column(BigInteger)  # checkpoint + data parts as stored
 
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())
     started_at: Mapped[datetime | None] = mapped_column(UTCDateTime())

@@ -29,6 +29,9 @@ class Settings(BaseSettings):
     # uploads
     max_upload_bytes: int = Field(512 * 2**20, ge=1, description="whole multipart body; larger is 413")
     max_upload_parts: int = Field(8, ge=2)
+    max_data_bytes: int = Field(
+        2 * 2**30, ge=1, description="an .npz data part's arrays, uncompressed (absolute limit, bytes)"
+    )
 
     # job lifecycle
     lease_seconds: float = Field(60.0, gt=0, description="a worker that misses heartbeats this long loses the job")
@@ -36,8 +39,31 @@ class Settings(BaseSettings):
     max_attempts: int = Field(3, ge=1, description="claims of a job before it fails for lost workers")
     sweep_seconds: float = Field(5.0, gt=0, description="how often the API re-queues jobs with lapsed leases")
     progress_seconds: float = Field(1.0, ge=0, description="minimum interval between progress writes")
+    republish_seconds: float = Field(
+        300.0, gt=0, description="a queued job not claimed this long after its message was sent is sent again "
+        "(the broker may have lost it; the DB claim makes duplicates no-ops)",
+    )
+    stall_seconds: float = Field(
+        1800.0, ge=0, description="watchdog: a running job whose step has not advanced this long is re-queued "
+        "(failed after its attempts); 0 = off",
+    )
+    db_retry_seconds: float = Field(
+        30.0, gt=0, description="how long a worker retries a failing progress/result write before giving up",
+    )
+    jobs_per_gpu: int = Field(1, ge=1, description="pool processes of a worker that share one GPU")
+    auto_queue: str = Field(
+        "cpu", pattern="^(cpu|gpu)$", description="queue of `device: auto` jobs: gpu where GPU workers run",
+    )
     visibility_timeout: int = Field(
         12 * 3600, ge=60, description="Redis redelivery timeout; must exceed the longest job"
+    )
+
+    # tenants
+    tenant_max_active_jobs: int = Field(0, ge=0, description="queued + running jobs per tenant; 0 = no limit")
+    tenant_max_bytes: int = Field(0, ge=0, description="stored bytes (uploads + artifacts) per tenant; 0 = no limit")
+    retention_days: float = Field(0, ge=0, description="finished jobs older than this are deleted; 0 = kept")
+    key_failures_per_minute: int = Field(
+        20, ge=1, description="failed API-key checks per client address per minute before 429",
     )
 
     # auth
@@ -58,11 +84,6 @@ class Settings(BaseSettings):
             self.artifact_root = self.home / "artifacts"
         self.artifact_root = self.artifact_root.expanduser().resolve()
         return self
-
-    @property
-    def embedded_broker(self) -> bool:
-        """True when the broker needs no server, so `nern serve` starts the worker itself."""
-        return self.broker_url.startswith(("sqla+sqlite", "filesystem"))
 
     def ensure_dirs(self) -> None:
         self.home.mkdir(parents=True, exist_ok=True)

@@ -20,6 +20,10 @@ class JobSpec(FitConfig):
     """
 
     name: str | None = Field(None, max_length=200, description="free label shown in lists")
+    time_limit_s: float | None = Field(
+        None, gt=0, le=30 * 86400,
+        description="fail the job when it has run this long since its first start (all attempts); null = no limit",
+    )
     compress: CompressConfig | None = Field(
         None,
         description="compress the predictor after the fit (prune, quantize, finetune_steps); "
@@ -27,6 +31,6 @@ class JobSpec(FitConfig):
     )
 
     def fit_config(self, **overrides: Any) -> FitConfig:
-        data = self.model_dump(exclude={"name", "compress"})
+        data = self.model_dump(exclude={"name", "compress", "time_limit_s"})
         data.update(overrides)
         return FitConfig.model_validate(data)

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter
 from fastapi.responses import JSONResponse, PlainTextResponse
 from starlette.concurrency import run_in_threadpool
 
+from ..deps import DispatcherDep, MetricsDep, SettingsDep
 from ..jobstore import crud
 from ..jobstore.db import ping, session_scope
 
@@ -18,12 +19,11 @@ async def healthz() -> dict[str, str]:
 
 
 @router.get("/readyz", summary="Readiness: the database and the broker are reachable")
-async def readyz(request: Request) -> JSONResponse:
-    state = request.app.state
+async def readyz(settings: SettingsDep, dispatcher: DispatcherDep) -> JSONResponse:
     checks: dict[str, str] = {}
     for name, check in (
-        ("database", lambda: ping(state.settings.database_url)),
-        ("broker", state.dispatcher.ping_broker),
+        ("database", lambda: ping(settings.database_url)),
+        ("broker", dispatcher.ping_broker),
     ):
         try:
             await run_in_threadpool(check)
@@ -40,8 +40,7 @@ async def readyz(request: Request) -> JSONResponse:
 
 
 @router.get("/metrics", summary="Prometheus text format", response_class=PlainTextResponse)
-def metrics(request: Request) -> PlainTextResponse:
-    state = request.app.state
-    with session_scope(state.settings.database_url) as session:
+def metrics(settings: SettingsDep, http_metrics: MetricsDep) -> PlainTextResponse:
+    with session_scope(settings.database_url) as session:
         by_state = crud.count_by_state(session)
-    return PlainTextResponse(state.metrics.render(by_state), media_type="text/plain; version=0.0.4")
+    return PlainTextResponse(http_metrics.render(by_state), media_type="text/plain; version=0.0.4")

@@ -3,16 +3,17 @@
 from __future__ import annotations
 
 from datetime import datetime, timezone
-from typing import Annotated, Literal
+from typing import Annotated
 
 from fastapi import APIRouter, Header, Query, Request, Response
 from fastapi.responses import StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
-from ..deps import SessionDep, SettingsDep, TenantDep
+from ..deps import DispatcherDep, MetricsDep, SessionDep, SettingsDep, StatusCacheDep, StoreDep, TenantDep
 from ..jobstore import crud
 from ..jobstore.db import get_engine, get_sessionmaker
 from ..jobstore.models import Job
+from ..jobstore.states import JobState
 from ..problems import ProblemError
 from ..schemas import (
     ArtifactList,
@@ -23,13 +24,10 @@ from ..schemas import (
     JobStatus,
     MetricPointPublic,
 )
-from ..status_cache import StatusCache
 from ..submission import collect_files, submit_job
 from ..uploads import read_upload
 
 router = APIRouter(prefix="/jobs", tags=["jobs"])
-
-StateName = Literal["queued", "running", "succeeded", "failed", "cancelled"]
 
 
 def _not_found(job_id: str) -> ProblemError:
@@ -51,17 +49,16 @@ def _job_response(job: Job, status: int = 200, headers: dict[str, str] | None = 
 
 # Registered first: routes are matched in order, and pollers hit this one most.
 @router.get("/{job_id}", response_model=JobPublic, summary="A job's state, stage, progress and results")
-async def get_job(job_id: str, request: Request, tenant_id: TenantDep) -> Response:
+async def get_job(job_id: str, tenant_id: TenantDep, settings: SettingsDep, cache: StatusCacheDep) -> Response:
     # Every poller and dashboard hits this: one primary-key lookup. On SQLite (WAL: readers never
     # wait for writers) it takes ~0.1 ms and runs inline, cheaper than a thread-pool hop; a
     # server database is a network round trip, so there it runs in the pool and many overlap.
     # The key check is cached (deps.KeyCache).
     # A burst of polls of one job within status_cache_seconds costs one query (api/status_cache.py).
-    cache = _status_cache(request)
     body = cache.get(tenant_id, job_id)
     if body is not None:
         return Response(body, media_type="application/json")
-    engine = get_engine(request.app.state.settings.database_url)
+    engine = get_engine(settings.database_url)
     if engine.dialect.name == "sqlite":
         row = crud.job_row(engine, tenant_id, job_id)
     else:
@@ -75,13 +72,6 @@ async def get_job(job_id: str, request: Request, tenant_id: TenantDep) -> Respon
     return Response(body, media_type="application/json")
 
 
-def _status_cache(request: Request) -> StatusCache:
-    state = request.app.state
-    if getattr(state, "status_cache", None) is None:
-        state.status_cache = StatusCache(state.settings.status_cache_seconds)
-    return state.status_cache
-
-
 @router.post(
     "",
     status_code=202,
@@ -93,22 +83,24 @@ async def create_job(
     request: Request,
     settings: SettingsDep,
     tenant_id: TenantDep,
+    store: StoreDep,
+    dispatcher: DispatcherDep,
+    http_metrics: MetricsDep,
     idempotency_key: Annotated[str | None, Header(max_length=255)] = None,
 ) -> Response:
     upload = await read_upload(request, settings.max_upload_bytes, settings.max_upload_parts)
-    state = request.app.state
     try:
         def submit() -> tuple[Job, bool]:
-            files = collect_files(upload)
+            files = collect_files(upload, store)
             with get_sessionmaker(settings.database_url)() as session:
-                return submit_job(session, state.store, settings, tenant_id, files, idempotency_key)
+                return submit_job(session, store, settings, tenant_id, files, idempotency_key)
 
         job, created = await run_in_threadpool(submit)
     finally:
         await upload.close()
     if created:
-        state.metrics.counters["jobs_submitted"] += 1
-        await run_in_threadpool(state.dispatcher.publish, job.id, job.queue)
+        http_metrics.counters["jobs_submitted"] += 1
+        await run_in_threadpool(dispatcher.publish, job.id, job.queue)
     headers = {"Location": f"/jobs/{job.id}"}
     if not created:
         headers["Idempotent-Replayed"] = "true"
@@ -119,7 +111,7 @@ async def create_job(
 def list_jobs(
     session: SessionDep,
     tenant_id: TenantDep,
-    state: Annotated[list[StateName] | None, Query()] = None,
+    state: Annotated[list[JobState] | None, Query()] = None,
     arch: str | None = None,
     created_after: datetime | None = None,
     created_before: datetime | None = None,
@@ -135,7 +127,7 @@ def list_jobs(
         return ts.replace(tzinfo=timezone.utc) if ts is not None and ts.tzinfo is None else ts
 
     jobs, nxt = crud.list_jobs(
-        session, tenant_id, states=state or (), arch=arch, created_after=aware(created_after),
+        session, tenant_id, states=[s.value for s in state or ()], arch=arch, created_after=aware(created_after),
         created_before=aware(created_before), cursor=cur, limit=limit,
     )
     body = JobList(items=[JobPublic.model_validate(j) for j in jobs], next_cursor=nxt.encode() if nxt else None)
@@ -143,19 +135,21 @@ def list_jobs(
 
 
 @router.post("/{job_id}/cancel", response_model=JobPublic, summary="Cancel (durable: stored in the DB)")
-def cancel_job(job_id: str, request: Request, session: SessionDep, tenant_id: TenantDep) -> Response:
+def cancel_job(job_id: str, session: SessionDep, tenant_id: TenantDep, cache: StatusCacheDep) -> Response:
     job = _job_or_404(session, tenant_id, job_id)
     if not crud.request_cancel(session, job):
         session.rollback()
         raise ProblemError(409, f"job {job_id} already {job.state}; nothing to cancel", kind="job-finished")
     session.commit()
-    _status_cache(request).drop(tenant_id, job_id)
+    cache.drop(tenant_id, job_id)
     # A queued job is cancelled now (200); a running one stops within a few steps (202).
-    return _job_response(job, 200 if job.state == "cancelled" else 202)
+    return _job_response(job, 200 if job.state == JobState.cancelled.value else 202)
 
 
 @router.post("/{job_id}/retry", status_code=202, response_model=JobPublic, summary="Re-run a failed or cancelled job")
-def retry_job(job_id: str, request: Request, session: SessionDep, tenant_id: TenantDep) -> Response:
+def retry_job(
+    job_id: str, session: SessionDep, tenant_id: TenantDep, cache: StatusCacheDep, dispatcher: DispatcherDep
+) -> Response:
     job = _job_or_404(session, tenant_id, job_id)
     if not crud.retry_job(session, job):
         session.rollback()
@@ -163,9 +157,26 @@ def retry_job(job_id: str, request: Request, session: SessionDep, tenant_id: Ten
             409, f"job {job_id} is {job.state}; only failed or cancelled jobs can be retried", kind="not-retryable"
         )
     session.commit()
-    _status_cache(request).drop(tenant_id, job_id)
-    request.app.state.dispatcher.publish(job.id, job.queue)
+    cache.drop(tenant_id, job_id)
+    dispatcher.publish(job.id, job.queue)
     return _job_response(job, 202, {"Location": f"/jobs/{job.id}"})
+
+
+@router.delete(
+    "/{job_id}", status_code=204, summary="Delete a queued or finished job with its artifacts",
+    responses={409: {"description": "the job is running: cancel it first"}},
+)
+def delete_job(
+    job_id: str, session: SessionDep, tenant_id: TenantDep, store: StoreDep, cache: StatusCacheDep
+) -> Response:
+    job = _job_or_404(session, tenant_id, job_id)
+    if not crud.delete_job(session, job):
+        session.rollback()
+        raise ProblemError(409, f"job {job_id} is {job.state}; cancel it before deleting it", kind="job-running")
+    session.commit()
+    store.remove_job(job_id)
+    cache.drop(tenant_id, job_id)
+    return Response(status_code=204)
 
 
 @router.get("/{job_id}/metrics", response_model=JobMetrics, summary="Loss curves (sampled)")
@@ -224,7 +235,7 @@ def _file_chunks(path, start: int, length: int):
     response_class=Response,
 )
 def download_artifact(
-    job_id: str, name: str, request: Request, session: SessionDep, tenant_id: TenantDep
+    job_id: str, name: str, request: Request, session: SessionDep, tenant_id: TenantDep, store: StoreDep
 ) -> Response:
     _job_or_404(session, tenant_id, job_id)
     art = crud.get_artifact(session, job_id, name)
@@ -237,7 +248,7 @@ def download_artifact(
         tags = {t.strip().removeprefix("W/") for t in inm.split(",")}
         if "*" in tags or etag in tags:
             return Response(status_code=304, headers=headers)
-    path = request.app.state.store.artifact_path(job_id, name)
+    path = store.artifact_path(job_id, name)
     if not path.is_file():
         raise ProblemError(404, f"artifact {name!r} of job {job_id} is missing from the store", kind="not-found")
     size = art.size

@@ -54,6 +54,58 @@ def drop_pg_database(name: str) -> None:
         conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
+def terminate_pg_backends(dbname: str) -> int:
+    """pg_terminate_backend every connection to a database (a failover, as the workers see it)."""
+    import psycopg
+
+    with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
+        rows = conn.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s AND pid <> pg_backend_pid()",
+            (dbname,),
+        ).fetchall()
+    return len(rows)
+
+
+class RedisServer:
+    """A redis-server of the test's own on a free port (restartable without touching the shared one)."""
+
+    def __init__(self, folder: Path, *, persistent: bool = False) -> None:
+        self.folder = folder
+        self.port = free_port()
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.persistent = persistent
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> None:
+        import redis
+
+        self.folder.mkdir(parents=True, exist_ok=True)
+        persist = ["--appendonly", "yes"] if self.persistent else ["--save", "", "--appendonly", "no"]
+        self.proc = subprocess.Popen(
+            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.folder), *persist],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+        )
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                redis.Redis(port=self.port).ping()
+                return
+            except redis.ConnectionError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.1)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(timeout=10)
+
+    def flush(self) -> None:
+        import redis
+
+        redis.Redis(port=self.port).flushdb()
+
+
 def flush_redis(db: int) -> None:
     import redis
 
@@ -113,8 +165,17 @@ class Deployment:
             time.sleep(0.3)
         raise RuntimeError(f"API not ready after {timeout} s:\n{self.log('api.log')}")
 
-    def start_worker(self, queues: str = "cpu", name: str = "worker") -> subprocess.Popen:
-        return self._spawn(["worker", "--queues", queues, "--loglevel", "INFO"], f"{name}.log")
+    def start_worker(self, queues: str = "cpu", name: str = "worker", concurrency: int | None = None
+                     ) -> subprocess.Popen:
+        args = ["worker", "--queues", queues, "--loglevel", "INFO"]
+        if concurrency is not None:
+            args += ["--concurrency", str(concurrency)]
+        return self._spawn(args, f"{name}.log")
+
+    def terminate(self, p: subprocess.Popen, timeout: float = 60) -> int:
+        """SIGTERM to the worker's main process only, as `docker stop` or systemd do; wait for it."""
+        p.send_signal(signal.SIGTERM)
+        return p.wait(timeout=timeout)
 
     def kill(self, p: subprocess.Popen) -> None:
         """kill -9 a process and every process of its session (a Celery worker and its pool)."""
@@ -173,7 +234,11 @@ def wait_for(client: httpx.Client, job_id: str, predicate, timeout: float = 180,
     deadline = time.monotonic() + timeout
     job: dict = {}
     while time.monotonic() < deadline:
-        job = client.get(f"/jobs/{job_id}").json()
+        r = client.get(f"/jobs/{job_id}")
+        if r.status_code == 503:  # the database is failing over (fault tests): ask again
+            time.sleep(poll)
+            continue
+        job = r.json()
         if predicate(job):
             return job
         time.sleep(poll)

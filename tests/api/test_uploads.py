@@ -169,7 +169,11 @@ def test_uploaded_npz_part_becomes_the_jobs_data(service, uploader):
     assert r.status_code == 202, r.text
     job = r.json()
     stored = service.deployment.home / "artifacts" / "jobs" / job["id"] / "input" / "mine.npz"
-    assert job["spec"]["data"] == str(stored) and stored.read_bytes() == buf.getvalue()
+    assert stored.read_bytes() == buf.getvalue()
+    # The spec comes back as sent: the part's name, no server path (also when read again).
+    assert job["spec"]["data"] == "mine.npz"
+    assert uploader.get(f"/jobs/{job['id']}").json()["spec"]["data"] == "mine.npz"
+    assert str(service.deployment.home) not in uploader.get(f"/jobs/{job['id']}").text
 
     # An npz without images, and a part no spec field names, are refused.
     r = submit(uploader, {**QUEUED_SPEC, "data": "bad.npz"}, extra_files={"bad.npz": ("bad.npz", _npz(x=np.ones(3)))})
@@ -193,3 +197,71 @@ def test_unauthenticated_upload_is_401_before_reading(service):
     with httpx.Client(base_url=service.deployment.url) as c:
         r = submit(c, QUEUED_SPEC, headers={"Authorization": "Bearer nern_wrong"})
     assert r.status_code == 401
+
+
+def _staging_and_rows_unchanged(service, uploader):
+    staging = service.deployment.home / "artifacts" / "staging"
+    before = (sorted(staging.iterdir()) if staging.exists() else [], uploader.get("/jobs", params={"limit": 100}).json())
+    return lambda: (sorted(staging.iterdir()) if staging.exists() else [],
+                    uploader.get("/jobs", params={"limit": 100}).json()) == before
+
+
+def test_data_part_named_like_the_checkpoint_is_refused(service, uploader):
+    import numpy as np
+
+    unchanged = _staging_and_rows_unchanged(service, uploader)
+    part = _npz(images=np.zeros((4, 32, 32, 3), np.uint8), labels=np.arange(4))
+    for name in ("checkpoint.npz", "Checkpoint.NPZ.npz"):
+        r = submit(uploader, {**QUEUED_SPEC, "data": name}, extra_files={name: (name, part)})
+        assert r.status_code == 422 and "reserved for the stored checkpoint" in r.json()["detail"], r.text
+    assert unchanged()
+
+
+def test_npz_declaring_more_than_the_absolute_limit_is_refused_unread(service, uploader):
+    import numpy as np
+
+    # 120 MiB of zeros compress to ~120 KiB: a ratio rule alone would accept it.
+    buf = io.BytesIO()
+    np.savez_compressed(buf, images=np.zeros((41_000, 32, 32, 3), np.uint8), labels=np.zeros(41_000, np.int64))
+    assert len(buf.getvalue()) < 3 * 2**20
+    unchanged = _staging_and_rows_unchanged(service, uploader)
+    r = submit(uploader, {**QUEUED_SPEC, "data": "big.npz"}, extra_files={"big.npz": ("big.npz", buf.getvalue())})
+    assert r.status_code == 422, r.text
+    body = r.json()
+    assert body["type"].endswith("invalid-data") and "'big.npz' expands to" in body["detail"]
+    assert "NERN_MAX_DATA_BYTES" in body["detail"] and unchanged()
+
+
+@pytest.mark.parametrize("images, labels, words", [
+    ("float", "ok", "must be uint8 [N, H, W, 3]"),
+    ("gray", "ok", "must be uint8 [N, H, W, 3]"),
+    ("ok", "eleven", "labels must lie in [0, 10)"),
+    ("ok", "negative", "labels must lie in [0, 10)"),
+    ("ok", "float", "'labels' must be integers"),
+    ("ok", "short", "'labels' must be integers [N] matching"),
+    ("object", "ok", "must be uint8 [N, H, W, 3]"),
+])
+def test_eval_npz_that_would_fail_or_score_garbage_in_the_worker_is_422(service, uploader, images, labels, words):
+    import numpy as np
+
+    imgs = {"ok": np.zeros((6, 32, 32, 3), np.uint8), "float": np.zeros((6, 32, 32, 3), np.float32),
+            "gray": np.zeros((6, 32, 32, 1), np.uint8), "object": np.array([None] * 6, dtype=object)}[images]
+    labs = {"ok": np.arange(6), "eleven": np.array([0, 1, 2, 3, 4, 11]), "negative": np.array([0, -1, 2, 3, 4, 5]),
+            "float": np.arange(6, dtype=np.float32), "short": np.arange(5)}[labels]
+    buf = io.BytesIO()
+    np.savez(buf, images=imgs, labels=labs)  # object arrays are pickled: the check must not unpickle
+    r = submit(uploader, {**QUEUED_SPEC, "eval_data": "ev.npz"}, extra_files={"ev.npz": ("ev.npz", buf.getvalue())})
+    assert r.status_code == 422 and words in r.json()["detail"], r.text
+    assert "'ev.npz'" in r.json()["detail"] and str(service.deployment.home) not in r.text
+
+
+def test_worker_errors_name_the_file_not_the_server_path(service, uploader):
+    from harness import SHARED_DATA, wait_done
+
+    # A file of the server's dataset folder that is no dataset: accepted by name, fails in the worker.
+    r = submit(uploader, {**TINY_SPEC, "data": "README.md"})
+    assert r.status_code == 202, r.text
+    job = wait_done(uploader, r.json()["id"], timeout=120)
+    assert job["state"] == "failed" and "README.md" in job["error"], job
+    assert str(SHARED_DATA) not in job["error"] and str(service.deployment.home) not in job["error"]
+    assert job["spec"]["data"] == "README.md"
