@@ -16,7 +16,8 @@ from .jobstore import crud
 from .jobstore.artifacts import ArtifactStore
 from .jobstore.db import migrate, session_scope
 from .jobstore.settings import Settings, get_settings
-from .routes import dashboard, health, jobs
+from .notify import WebhookSender
+from .routes import dashboard, health, jobs, webhooks
 from .telemetry import HttpMetrics, MetricsMiddleware
 
 log = logging.getLogger("nern.api")
@@ -39,9 +40,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         app.state.default_tenant_id = await run_in_threadpool(_prepare, settings)
         app.state.dispatcher.start()
+        app.state.webhook_sender.start()
         try:
             yield
         finally:
+            app.state.webhook_sender.stop()
             app.state.dispatcher.stop()
 
     app = FastAPI(
@@ -53,12 +56,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.store = ArtifactStore(settings.artifact_root)
     app.state.dispatcher = Dispatcher(settings)
+    app.state.webhook_sender = WebhookSender(settings)
     app.state.key_cache = KeyCache(settings.auth_cache_seconds)
     app.state.metrics = metrics
     problems.install(app)
     app.include_router(health.router)
     app.include_router(jobs.router)
     app.include_router(dashboard.router)
+    app.include_router(webhooks.router)
     app.add_middleware(MetricsMiddleware, metrics=metrics)
     return app
 

@@ -18,6 +18,7 @@ from typing import Any
 from sqlalchemy import Engine, RowMapping, Text, and_, bindparam, cast, func, or_, select, update
 from sqlalchemy.orm import Session
 
+from . import webhooks
 from .models import ApiKey, Artifact, Job, MetricPoint, Tenant
 from .states import RETRYABLE, JobState, overall_progress
 
@@ -169,7 +170,9 @@ def request_cancel(session: Session, job: Job) -> bool:
         .where(Job.id == job.id, Job.state == JobState.queued.value)
         .values(state=JobState.cancelled.value, cancel_requested=True, finished_at=now)
     )
-    if res.rowcount == 0:
+    if res.rowcount == 1:
+        webhooks.record_terminal(session, [(job.id, job.tenant_id)], JobState.cancelled.value)
+    else:
         res = session.execute(
             update(Job).where(Job.id == job.id, Job.state == JobState.running.value).values(cancel_requested=True)
         )
@@ -214,12 +217,15 @@ def expire_leases(session: Session) -> int:
     now = utcnow()
     lapsed = and_(Job.state == JobState.running.value, Job.lease_expires_at < now)
     changed = 0
-    changed += session.execute(
+    ended = session.execute(
         update(Job)
         .where(lapsed, Job.cancel_requested.is_(True))
         .values(state=JobState.cancelled.value, lease_owner=None, finished_at=now)
-    ).rowcount
-    changed += session.execute(
+        .returning(Job.id, Job.tenant_id)
+    ).all()
+    webhooks.record_terminal(session, ended, JobState.cancelled.value)
+    changed += len(ended)
+    ended = session.execute(
         update(Job)
         .where(lapsed, Job.attempts >= Job.max_attempts)
         .values(
@@ -227,7 +233,10 @@ def expire_leases(session: Session) -> int:
             error="the worker running this job stopped responding on every attempt "
             "(lease expired); gave up after the last attempt",
         )
-    ).rowcount
+        .returning(Job.id, Job.tenant_id)
+    ).all()
+    webhooks.record_terminal(session, ended, JobState.failed.value)
+    changed += len(ended)
     changed += session.execute(
         update(Job)
         .where(lapsed)
@@ -364,9 +373,11 @@ def finish_job(
             state=JobState.succeeded.value, stage="done", progress=1.0, eta_seconds=0.0, finished_at=now,
             summary=summary, resumed_from_step=resumed_from_step, lease_owner=None, lease_expires_at=None,
         )
-    )
-    if res.rowcount != 1:
+        .returning(Job.id, Job.tenant_id)
+    ).all()
+    if len(res) != 1:
         return False
+    webhooks.record_terminal(session, res, JobState.succeeded.value)
     for a in list_artifacts(session, job_id):
         session.delete(a)
     session.flush()
@@ -381,5 +392,7 @@ def end_job(session: Session, job_id: str, owner: str, state: JobState, error: s
         update(Job)
         .where(Job.id == job_id, Job.lease_owner == owner, Job.state == JobState.running.value)
         .values(state=state.value, error=error, finished_at=utcnow(), lease_owner=None, lease_expires_at=None)
-    )
-    return res.rowcount == 1
+        .returning(Job.id, Job.tenant_id)
+    ).all()
+    webhooks.record_terminal(session, res, state.value)
+    return len(res) == 1
