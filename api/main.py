@@ -17,7 +17,7 @@ from .jobstore.artifacts import ArtifactStore
 from .jobstore.db import migrate, session_scope
 from .jobstore.settings import Settings, get_settings
 from .notify import WebhookSender
-from .routes import dashboard, health, jobs, webhooks
+from .routes import dashboard, health, insights, jobs, webhooks
 from .telemetry import HttpMetrics, MetricsMiddleware
 
 log = logging.getLogger("nern.api")
@@ -62,6 +62,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     problems.install(app)
     app.include_router(health.router)
     app.include_router(jobs.router)
+    app.include_router(insights.router)
     app.include_router(dashboard.router)
     app.include_router(webhooks.router)
     app.add_middleware(MetricsMiddleware, metrics=metrics)

@@ -82,11 +82,17 @@ def _run(job: Job, settings: Settings, lease: Lease) -> tuple[JobState, str | No
                 lr=p.lr, elapsed_s=p.elapsed_s,
             )
 
+        def on_eval(step: int, train_seconds: float, metrics: dict) -> None:
+            numbers = {k: v for k, v in metrics.items() if isinstance(v, int | float) and math.isfinite(v)}
+            with session_scope(settings.database_url) as session:
+                crud.record_eval_point(session, job.id, lease.owner, attempt=lease.attempt, step=step,
+                                       train_seconds=train_seconds, metrics=numbers)
+
         work_dir = store.work_dir(job.id)
         work_dir.mkdir(parents=True, exist_ok=True)
         result = train.fit(
-            state_dict, config, work_dir=work_dir, on_progress=on_progress, should_stop=lease.should_stop,
-            source_sha256=job.checkpoint_sha256,
+            state_dict, config, work_dir=work_dir, on_progress=on_progress, on_eval=on_eval,
+            should_stop=lease.should_stop, source_sha256=job.checkpoint_sha256,
         )
         lease.report("compressing", step=config.steps, total_steps=config.steps)
         out = deliver(result, state_dict, config, spec.compress, on_progress=on_progress,

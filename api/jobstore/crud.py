@@ -355,6 +355,17 @@ def record_progress(
     return True
 
 
+def record_eval_point(session: Session, job_id: str, owner: str, *, attempt: int, step: int,
+                      train_seconds: float, metrics: dict[str, float]) -> bool:
+    """One evaluation during or after training (top-1, agreement, ...) as a metric point with stage
+    'evaluating' and `elapsed_s` = training seconds. The job's own stage is left alone."""
+    if not session.scalar(select(Job.id).where(Job.id == job_id, Job.lease_owner == owner)):
+        return False
+    session.add(MetricPoint(job_id=job_id, attempt=attempt, stage="evaluating", step=step, lr=None,
+                            elapsed_s=train_seconds, losses={k: float(v) for k, v in metrics.items()}))
+    return True
+
+
 def finish_job(
     session: Session,
     job_id: str,
