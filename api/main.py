@@ -16,6 +16,7 @@ from .jobstore import crud
 from .jobstore.artifacts import ArtifactStore
 from .jobstore.db import migrate, session_scope
 from .jobstore.settings import Settings, get_settings
+from .logs import RequestIdMiddleware
 from .notify import WebhookSender
 from .routes import dashboard, health, insights, jobs, webhooks
 from .telemetry import HttpMetrics, MetricsMiddleware
@@ -35,6 +36,7 @@ def _prepare(settings: Settings) -> int | None:
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
     metrics = HttpMetrics()
+    metrics.bind_db(settings.database_url)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -66,6 +68,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(dashboard.router)
     app.include_router(webhooks.router)
     app.add_middleware(MetricsMiddleware, metrics=metrics)
+    app.add_middleware(RequestIdMiddleware)  # added last = outermost: ids cover every line
     return app
 
 

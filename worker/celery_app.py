@@ -12,7 +12,9 @@
 
 from __future__ import annotations
 
-from celery import Celery
+import os
+
+from celery import Celery, signals
 from kombu import Queue
 
 from api.jobstore.settings import Settings, get_settings
@@ -49,3 +51,19 @@ def make_celery(settings: Settings) -> Celery:
 
 
 app = make_celery(get_settings())
+
+
+@signals.setup_logging.connect
+def _json_logs(loglevel: int | str = "INFO", **_: object) -> None:
+    # Connected, so Celery leaves logging to us: JSON lines with the job id (api/logs.py).
+    from api.logs import configure
+
+    configure(loglevel or "INFO")
+
+
+@signals.worker_process_init.connect
+def _start_beacon(**_: object) -> None:
+    # Jobs run in the pool processes: each reports its own heartbeat and GPU memory.
+    from .beacon import Beacon
+
+    Beacon(get_settings(), os.environ.get("NERN_WORKER_QUEUES", "")).start()

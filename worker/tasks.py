@@ -19,14 +19,16 @@ from typing import Any
 
 from sqlalchemy.exc import InterfaceError, OperationalError
 
-from api.jobstore import crud
+from api.jobstore import crud, workers
 from api.jobstore.artifacts import ArtifactStore
 from api.jobstore.db import session_scope
 from api.jobstore.models import Job
 from api.jobstore.settings import Settings, get_settings
 from api.jobstore.spec import JobSpec
 from api.jobstore.states import JobState
+from api.logs import job_id_var
 
+from .beacon import process_name
 from .celery_app import TASK_RUN_JOB, app
 from .lease import Lease, worker_identity
 
@@ -43,9 +45,19 @@ def run_job(job_id: str) -> str:
 
 def execute(job_id: str, settings: Settings) -> str:
     """Run one job if this worker can claim it; returns the job's final state (or 'skipped')."""
+    token = job_id_var.set(job_id)  # every log line of this job carries its id
+    try:
+        return _execute(job_id, settings)
+    finally:
+        job_id_var.reset(token)
+
+
+def _execute(job_id: str, settings: Settings) -> str:
     owner = worker_identity()
     with session_scope(settings.database_url) as session:
         job = crud.claim_job(session, job_id, owner, settings.lease_seconds)
+        if job is not None:
+            workers.count_job(session, process_name())
     if job is None:
         log.info("job %s is not claimable (finished, cancelled, or held by a live worker)", job_id)
         return "skipped"

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse, PlainTextResponse
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.concurrency import run_in_threadpool
 
-from ..jobstore import crud
-from ..jobstore.db import ping, session_scope
+from ..jobstore.db import ping
 
 router = APIRouter(tags=["health"])
 
@@ -40,8 +40,6 @@ async def readyz(request: Request) -> JSONResponse:
 
 
 @router.get("/metrics", summary="Prometheus text format", response_class=PlainTextResponse)
-def metrics(request: Request) -> PlainTextResponse:
-    state = request.app.state
-    with session_scope(state.settings.database_url) as session:
-        by_state = crud.count_by_state(session)
-    return PlainTextResponse(state.metrics.render(by_state), media_type="text/plain; version=0.0.4")
+def metrics(request: Request) -> Response:
+    # prometheus-client's exposition; job and worker series are read from the DB (api/telemetry.py).
+    return Response(request.app.state.metrics.render(), media_type=CONTENT_TYPE_LATEST)

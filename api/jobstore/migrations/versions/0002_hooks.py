@@ -60,6 +60,7 @@ def upgrade() -> None:
         sa.Column("started_at", TS, nullable=False),
         sa.Column("heartbeat_at", TS, nullable=False),
         sa.Column("gpu_memory_bytes", sa.BigInteger),
+        sa.Column("jobs_total", sa.Integer, nullable=False),
     )
 
 
