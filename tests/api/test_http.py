@@ -21,13 +21,14 @@ def test_metrics_is_prometheus_text_counting_requests_and_jobs(service):
             c.get("/healthz")
         assert submit(c, {**_gpu_spec(), "name": "metrics-probe"}).status_code == 202
         text = c.get("/metrics").text
-    m = re.search(r'^nern_http_requests_total\{method="GET",route="/healthz",status="200"\} (\d+)$', text, re.M)
-    assert m and int(m.group(1)) >= 3
+    # prometheus-client writes sample values as floats ("3.0").
+    m = re.search(r'^nern_http_requests_total\{method="GET",route="/healthz",status="200"\} ([\d.]+)$', text, re.M)
+    assert m and float(m.group(1)) >= 3
     # Route templates, not raw paths, label the series.
     assert 'route="/jobs/{job_id}"' in text or 'route="/jobs"' in text
-    queued = re.search(r'^nern_jobs\{state="queued"\} (\d+)$', text, re.M)
-    assert queued and int(queued.group(1)) >= 1
-    assert re.search(r'^nern_http_request_duration_seconds_count\{method="GET",route="/healthz"\} \d+$', text, re.M)
+    queued = re.search(r'^nern_jobs\{state="queued"\} ([\d.]+)$', text, re.M)
+    assert queued and float(queued.group(1)) >= 1
+    assert re.search(r'^nern_http_request_duration_seconds_count\{method="GET",route="/healthz"\} [\d.]+$', text, re.M)
 
 
 def test_openapi_lists_the_job_routes(service):
