@@ -99,8 +99,9 @@ class RequestIdMiddleware:
             await self.app(scope, receive, send_with_id)
         finally:
             route = getattr(scope.get("route"), "path", None) or "unmatched"
+            extra = {"method": scope["method"][:16], "route": route, "status": status}
             job_id = (scope.get("path_params") or {}).get("job_id")
-            self.log.info("%s %s %d", scope["method"], route, status, extra={
-                "method": scope["method"], "route": route, "status": status, "job_id": job_id,
-            })
+            if job_id is not None:
+                extra["job_id"] = job_id
+            self.log.info("%s %s %d", extra["method"], route, status, extra=extra)
             request_id_var.reset(token)

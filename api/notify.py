@@ -107,10 +107,15 @@ class WebhookSender:
     def _run(self) -> None:
         with httpx.Client(timeout=self.settings.webhook_timeout_seconds, follow_redirects=False,
                           trust_env=False) as client:
+            last_prune = 0.0
             while not self._stop.wait(self.interval):
                 try:
                     self.fan_out()
                     self.send_due(client)
+                    if time.monotonic() - last_prune > 3600:
+                        last_prune = time.monotonic()
+                        with session_scope(self.settings.database_url) as session:
+                            webhooks.prune(session)
                 except Exception:
                     log.exception("webhook sender pass failed")
 

@@ -126,6 +126,17 @@ def list_deliveries(session: Session, hook_id: str, limit: int = 100) -> list[We
 
 # --------------------------------------------------------------------------- sender
 
+KEEP_EVENTS = timedelta(days=7)
+KEEP_DELIVERIES = timedelta(days=30)
+
+
+def prune(session: Session) -> None:
+    """Forget dispatched events after a week and finished deliveries after a month."""
+    now = _utcnow()
+    session.execute(delete(JobEvent).where(JobEvent.dispatched_at < now - KEEP_EVENTS))
+    session.execute(delete(WebhookDelivery).where(WebhookDelivery.status != "pending",
+                                                  WebhookDelivery.created_at < now - KEEP_DELIVERIES))
+
 
 def pending_events(session: Session, limit: int = 100) -> list[JobEvent]:
     return list(session.scalars(
