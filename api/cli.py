@@ -385,6 +385,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
         concurrency = max(1, gpus * settings.jobs_per_gpu)
     if concurrency < 1:
         return _fail("--concurrency must be at least 1")
+    os.environ["NERN_WORKER_QUEUES"] = queues  # for the pool processes' heartbeat rows
     app = make_celery(settings)
     app.worker_main([
         "worker", "-Q", queues, "-c", str(concurrency), "--loglevel", args.loglevel,
@@ -432,7 +433,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
     print(f"dashboard: http://{args.host}:{args.port}/dashboard  ·  API docs: http://{args.host}:{args.port}/docs",
           flush=True)
     try:
-        uvicorn.run(create_app(settings), host=args.host, port=args.port, log_level="info")
+        from .logs import configure
+
+        configure()  # JSON lines with request ids; our middleware writes the access lines
+        uvicorn.run(create_app(settings), host=args.host, port=args.port, log_level="info", log_config=None,
+                    access_log=False)
     finally:
         if worker is not None:
             worker.send_signal(signal.SIGTERM)

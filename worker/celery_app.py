@@ -16,7 +16,7 @@ import os
 import signal
 import threading
 
-from celery import Celery
+from celery import Celery, signals
 from celery.signals import worker_process_init, worker_shutting_down
 from kombu import Queue
 
@@ -74,6 +74,11 @@ def _init_pool_process(**_kw) -> None:
 
         index = getattr(current_process(), "index", 0) or 0
         os.environ["CUDA_VISIBLE_DEVICES"] = gpu_for_process(index, gpus, get_settings().jobs_per_gpu)
+    # Jobs run in the pool processes: each reports its own heartbeat and GPU memory (after the
+    # GPU is pinned above, so the beacon sees only this process's device).
+    from .beacon import Beacon
+
+    Beacon(get_settings(), os.environ.get("NERN_WORKER_QUEUES", "")).start()
 
 
 def drain_on_sigterm() -> None:
@@ -111,3 +116,11 @@ def _children(pid: int) -> list[int]:
             if int(fields[1]) == pid:
                 out.append(int(entry))
     return out
+
+
+@signals.setup_logging.connect
+def _json_logs(loglevel: int | str = "INFO", **_: object) -> None:
+    # Connected, so Celery leaves logging to us: JSON lines with the job id (api/logs.py).
+    from api.logs import configure
+
+    configure(loglevel or "INFO")
