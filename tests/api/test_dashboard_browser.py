@@ -105,7 +105,7 @@ def test_dashboard_in_a_browser(browser, live, shots):
             paths = page.eval_on_selector_all(f"{chart} path.series", "els => els.map(e => e.getAttribute('d'))")
             assert paths and all(d.count("L") >= 1 for d in paths), (chart, paths)
         names = page.eval_on_selector_all("#chart-loss path.series", "els => els.map(e => e.dataset.name)")
-        assert {"rec", "kd", "total"} <= set(names)
+        assert sorted(names) == ["fmd", "kd", "rec", "total"]  # the trainer's weighted "loss" is the total
         points = a.get(f"/jobs/{long['id']}/metrics").json()["points"]
         evals = [p for p in points if p["stage"] == "evaluating"]
         assert [p["step"] for p in evals] == [20, 40, 60, 80]
@@ -119,7 +119,8 @@ def test_dashboard_in_a_browser(browser, live, shots):
         page.wait_for_function(
             "n => [...document.querySelectorAll('#heatmaps img')].filter(i => i.complete && i.naturalWidth > 0).length === n",
             arg=len(index["layers"]), timeout=60_000)
-        page.screenshot(path=str(shots / "dashboard-job.png"), full_page=False)
+        page.screenshot(path=str(shots / "dashboard-job.png"))
+        page.screenshot(path=str(shots / "dashboard-job-full.png"), full_page=True)
 
         listed = {x["name"]: x for x in a.get(f"/jobs/{long['id']}/artifacts").json()["items"]}
         table = dict(page.eval_on_selector_all(
