@@ -51,15 +51,13 @@ async function downloadArtifact(jobId, name) {
   setTimeout(() => URL.revokeObjectURL(a.href), 10000);
 }
 
-// Loss and learning-rate series of a job's metric points (training stage).
+// Loss and learning-rate series of a job's metric points (training stage). The trainer's
+// "loss" is the weighted sum of the terms (rec, kd, fmd): shown as "total".
 function lossSeries(points, prefix = "") {
   const train = points.filter((p) => p.stage === "training");
   const names = [...new Set(train.flatMap((p) => Object.keys(p.losses)))].filter((k) => k !== "lr");
-  const series = names.map((k) => ({name: prefix + k, points: train.filter((p) => k in p.losses).map((p) => [p.step, p.losses[k]])}));
-  if (names.length > 1 && !names.includes("total")) {
-    series.push({name: prefix + "total", points: train.map((p) => [p.step, names.reduce((a, k) => a + (p.losses[k] || 0), 0)])});
-  }
-  return series;
+  return names.map((k) => ({name: prefix + (k === "loss" ? "total" : k),
+                            points: train.filter((p) => k in p.losses).map((p) => [p.step, p.losses[k]])}));
 }
 const lrSeries = (points, name = "lr") => ({name, points: points.filter((p) => p.stage === "training" && p.lr != null).map((p) => [p.step, p.lr])});
 const evalPoints = (points) => points.filter((p) => p.stage === "evaluating");

@@ -53,8 +53,17 @@ async function showCurves() {
   lineChart($("chart-lr"), [lrSeries(points)], {logY: true, xLabel: "step", yLabel: "learning rate", title: "learning rate"});
   const ev = evalPoints(points);
   const keys = [...new Set(ev.flatMap((p) => Object.keys(p.losses)))].filter((k) => k !== "eval_images");
-  lineChart($("chart-eval"), keys.map((k) => ({name: k, points: ev.filter((p) => k in p.losses).map((p) => [p.elapsed_s, p.losses[k]])})),
+  const over = (k) => ({name: k, points: ev.filter((p) => k in p.losses).map((p) => [p.elapsed_s, p.losses[k]])});
+  // Accuracies (percent) on one chart; weight errors (a ratio, when the evaluation reports one) on another.
+  const isError = (k) => k.includes("error");
+  lineChart($("chart-eval"), keys.filter((k) => !isError(k)).map(over),
             {xLabel: "training seconds", yLabel: "%", markers: true, title: "evaluations"});
+  const errors = keys.filter(isError);
+  $("chart-eval-error").parentElement.classList.toggle("hidden", !errors.length);
+  if (errors.length) {
+    lineChart($("chart-eval-error"), errors.map(over), {xLabel: "training seconds", yLabel: "relative error", markers: true,
+                                                        title: "weight error"});
+  }
 }
 
 async function showArtifacts() {

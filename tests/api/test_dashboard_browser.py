@@ -56,7 +56,17 @@ def _page(browser, live, key: str, errors: list[str]):
     return ctx, page
 
 
-def test_dashboard_in_a_browser(browser, live, shots):
+@pytest.fixture
+def cleanup(live):
+    """Job ids to cancel at the end whatever happens, so a failure here leaves the worker free."""
+    ids: list[str] = []
+    yield ids
+    with live.client("a") as a:
+        for jid in ids:
+            a.post(f"/jobs/{jid}/cancel")
+
+
+def test_dashboard_in_a_browser(browser, live, shots, cleanup):
     errors: list[str] = []
     with live.client("a") as a:
         long = submit(a, LONG).json()
@@ -96,20 +106,30 @@ def test_dashboard_in_a_browser(browser, live, shots):
         comp_done = wait_done(a, comp["id"])
         assert comp_done["state"] == "succeeded"
         endless = submit(a, ENDLESS).json()
+        cleanup.append(endless["id"])
 
         # Job page: charts, summary, per-layer bars, heatmaps, artifacts.
         page.click(f'{row} a[href="/dashboard/jobs/{long["id"]}"]')
         page.wait_for_url(f"**/dashboard/jobs/{long['id']}")
         page.wait_for_selector("#artifacts tbody tr")
-        for chart in ("#chart-loss", "#chart-lr", "#chart-eval"):
-            paths = page.eval_on_selector_all(f"{chart} path.series", "els => els.map(e => e.getAttribute('d'))")
-            assert paths and all(d.count("L") >= 1 for d in paths), (chart, paths)
-        names = page.eval_on_selector_all("#chart-loss path.series", "els => els.map(e => e.dataset.name)")
-        assert {"rec", "kd", "total"} <= set(names)
         points = a.get(f"/jobs/{long['id']}/metrics").json()["points"]
+        training = [p for p in points if p["stage"] == "training"]
         evals = [p for p in points if p["stage"] == "evaluating"]
         assert [p["step"] for p in evals] == [20, 40, 60, 80]
         assert evals[-1]["losses"]["reconstructed_top1"] == done["summary"]["reconstructed_top1"]
+
+        def drawn(chart: str) -> dict[str, int]:
+            """Series name -> points drawn (an SVG path: one M, then one L per further point)."""
+            got = page.eval_on_selector_all(f"{chart} path.series", "els => els.map(e => [e.dataset.name, e.getAttribute('d')])")
+            return {name: d.count("L") + 1 for name, d in got}
+
+        # The trainer's weighted "loss" is shown as the total; one point per recorded step.
+        assert drawn("#chart-loss") == dict.fromkeys(["rec", "kd", "fmd", "total"], len(training))
+        assert drawn("#chart-lr") == {"lr": len(training)}
+        assert drawn("#chart-eval") == dict.fromkeys(["original_top1", "reconstructed_top1", "agreement"], 4)
+        with_error = [p for p in evals if "relative_weight_error" in p["losses"]]
+        if with_error:  # the library reports the weight error with its final evaluation
+            assert drawn("#chart-eval-error") == {"relative_weight_error": len(with_error)}
         bars = page.eval_on_selector_all("#chart-layers rect.bar", "els => els.map(e => +e.getAttribute('width'))")
         assert len(bars) == len(done["summary"]["layer_errors"]) == 19 and max(bars) > 0
         shown = page.text_content('#summary td[data-key="reconstructed top-1"]')
@@ -119,7 +139,8 @@ def test_dashboard_in_a_browser(browser, live, shots):
         page.wait_for_function(
             "n => [...document.querySelectorAll('#heatmaps img')].filter(i => i.complete && i.naturalWidth > 0).length === n",
             arg=len(index["layers"]), timeout=60_000)
-        page.screenshot(path=str(shots / "dashboard-job.png"), full_page=False)
+        page.screenshot(path=str(shots / "dashboard-job.png"))
+        page.screenshot(path=str(shots / "dashboard-job-full.png"), full_page=True)
 
         listed = {x["name"]: x for x in a.get(f"/jobs/{long['id']}/artifacts").json()["items"]}
         table = dict(page.eval_on_selector_all(

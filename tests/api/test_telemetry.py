@@ -10,6 +10,7 @@ import time
 from datetime import datetime
 
 import httpx
+import pytest
 from harness import RESNET20, TINY_SPEC, submit, wait_done
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -127,3 +128,58 @@ def test_job_and_worker_series_agree_with_the_jobs_timestamps(live):
     job_lines = [x for x in worker_lines if x.get("job_id") == jid]
     assert any(x["message"].startswith(f"claimed job {jid}") for x in job_lines)
     assert all("timestamp" in x and "level" in x for x in job_lines)
+
+
+@pytest.mark.parametrize("backend", ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def test_job_store_histograms_from_known_timestamps(backend, tmp_path):
+    """The scrape-time SQL on both databases, against jobs with timestamps we chose."""
+    import uuid
+    from datetime import timedelta
+
+    from harness import create_pg_database, drop_pg_database
+
+    from api.jobstore import crud
+    from api.jobstore.db import migrate, session_scope
+    from api.jobstore.models import Job
+    from api.telemetry import JobStoreCollector
+
+    pg = create_pg_database() if backend == "postgres" else None
+    url = f"postgresql+psycopg://postgres@127.0.0.1:5432/{pg}" if pg else f"sqlite:///{tmp_path / 'n.db'}"
+    try:
+        migrate(url)
+        t0 = crud.utcnow().replace(microsecond=0)
+        # (queue wait, run time, final state) in seconds
+        shapes = [(3.0, 10.0, "succeeded"), (70.0, 0.5, "failed"), (0.25, 4000.0, "succeeded"), (12.0, None, "running")]
+        with session_scope(url) as s:
+            tenant = crud.get_or_create_tenant(s, "t").id
+            for wait, run, state in shapes:
+                started = t0 + timedelta(seconds=wait)
+                s.add(Job(id=uuid.uuid4().hex, tenant_id=tenant, arch="resnet20", queue="cpu", spec={}, state=state,
+                          stage="done", progress=0.0, step=0, total_steps=0, attempts=1, max_attempts=3,
+                          cancel_requested=False, created_at=t0, started_at=started,
+                          finished_at=started + timedelta(seconds=run) if run is not None else None,
+                          checkpoint_name="c", checkpoint_sha256="0" * 64, checkpoint_bytes=1))
+        samples = [x for fam in JobStoreCollector(url).collect() for x in fam.samples]
+    finally:
+        if pg:
+            from api.jobstore.db import get_engine
+
+            get_engine(url).dispose()
+            drop_pg_database(pg)
+
+    def value(name: str, **labels) -> float:
+        (v,) = [x.value for x in samples if x.name == name and all(x.labels.get(k) == w for k, w in labels.items())]
+        return v
+
+    assert value("nern_job_queue_wait_seconds_count") == 4
+    assert value("nern_job_queue_wait_seconds_sum") == pytest.approx(85.25, abs=1e-3)
+    assert value("nern_job_queue_wait_seconds_bucket", le="1.0") == 1
+    assert value("nern_job_queue_wait_seconds_bucket", le="5.0") == 2
+    assert value("nern_job_queue_wait_seconds_bucket", le="60.0") == 3
+    assert value("nern_job_run_seconds_count", state="succeeded") == 2
+    assert value("nern_job_run_seconds_sum", state="succeeded") == pytest.approx(4010.0, abs=1e-3)
+    assert value("nern_job_run_seconds_bucket", state="succeeded", le="15.0") == 1
+    assert value("nern_job_run_seconds_bucket", state="succeeded", le="3600.0") == 1
+    assert value("nern_job_run_seconds_bucket", state="succeeded", le="7200.0") == 2
+    assert value("nern_job_run_seconds_bucket", state="failed", le="1.0") == 1
+    assert value("nern_jobs", state="running") == 1 and value("nern_queue_jobs", queue="cpu", state="succeeded") == 2
