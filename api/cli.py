@@ -398,6 +398,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
         concurrency = max(1, gpus * settings.jobs_per_gpu)
     if concurrency < 1:
         return _fail("--concurrency must be at least 1")
+    os.environ["NERN_WORKER_QUEUES"] = queues  # announced to the API (worker.celery_app._announce)
     app = make_celery(settings)
     app.worker_main([
         "worker", "-Q", queues, "-c", str(concurrency), "--loglevel", args.loglevel,

@@ -32,7 +32,8 @@ class HttpMetrics:
         h[bisect_left(BUCKETS, seconds)] += 1
         h[-1] += seconds
 
-    def render(self, jobs_by_state: dict[str, int]) -> str:
+    def render(self, jobs_by_state: dict[str, int], workers: dict[str, int] | None = None,
+               queued: dict[str, int] | None = None) -> str:
         out = [
             "# HELP nern_http_requests_total HTTP requests by method, route template and status.",
             "# TYPE nern_http_requests_total counter",
@@ -53,6 +54,13 @@ class HttpMetrics:
         out += ["# HELP nern_jobs Jobs in the database by state.", "# TYPE nern_jobs gauge"]
         for state in JobState:
             out.append(f'nern_jobs{{state="{state.value}"}} {jobs_by_state.get(state.value, 0)}')
+        workers, queued = workers or {}, queued or {}
+        queues = sorted({"cpu", "gpu", *workers, *queued})
+        out += ["# HELP nern_queue_workers Live workers serving each queue.", "# TYPE nern_queue_workers gauge"]
+        out += [f'nern_queue_workers{{queue="{q}"}} {workers.get(q, 0)}' for q in queues]
+        out += ["# HELP nern_jobs_unservable Queued jobs whose queue no live worker serves.",
+                "# TYPE nern_jobs_unservable gauge"]
+        out += [f'nern_jobs_unservable{{queue="{q}"}} {0 if workers.get(q) else queued.get(q, 0)}' for q in queues]
         for name, n in sorted(self.counters.items()):
             out += [f"# TYPE nern_{name}_total counter", f"nern_{name}_total {n}"]
         return "\n".join(out) + "\n"

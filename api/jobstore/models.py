@@ -91,6 +91,7 @@ class Job(Base):
     step_at: Mapped[datetime | None] = mapped_column(UTCDateTime())  # last time `step` advanced (watchdog)
     time_limit_s: Mapped[float | None] = mapped_column(Float)  # from the spec; None = no limit
     input_bytes: Mapped[int | None] = mapped_column(BigInteger)  # checkpoint + data parts as stored
+    waiting_reason: Mapped[str | None] = mapped_column(String(300))  # why a queued job is not taken
 
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())
     started_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
@@ -118,6 +119,16 @@ class MetricPoint(Base):
     lr: Mapped[float | None] = mapped_column(Float)
     elapsed_s: Mapped[float] = mapped_column(Float)
     losses: Mapped[dict[str, float]] = mapped_column(JSON)
+
+
+class Worker(Base):
+    """A live `nern worker` (its main process) and the queues it serves; renewed every heartbeat."""
+
+    __tablename__ = "workers"
+
+    name: Mapped[str] = mapped_column(String(200), primary_key=True)
+    queues: Mapped[str] = mapped_column(String(100))
+    seen_at: Mapped[datetime] = mapped_column(UTCDateTime())
 
 
 class Artifact(Base):

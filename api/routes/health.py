@@ -40,7 +40,9 @@ async def readyz(settings: SettingsDep, dispatcher: DispatcherDep) -> JSONRespon
 
 
 @router.get("/metrics", summary="Prometheus text format", response_class=PlainTextResponse)
-def metrics(settings: SettingsDep, http_metrics: MetricsDep) -> PlainTextResponse:
+def metrics(settings: SettingsDep, http_metrics: MetricsDep, dispatcher: DispatcherDep) -> PlainTextResponse:
     with session_scope(settings.database_url) as session:
         by_state = crud.count_by_state(session)
-    return PlainTextResponse(http_metrics.render(by_state), media_type="text/plain; version=0.0.4")
+        workers = crud.queue_workers(session, dispatcher.worker_window)
+        queued = crud.queued_by_queue(session)
+    return PlainTextResponse(http_metrics.render(by_state, workers, queued), media_type="text/plain; version=0.0.4")
