@@ -1,4 +1,5 @@
-"""`nern serve | worker | keys | jobs` — registered into the `nern` command by nern/cli.py.
+"""`nern serve | worker | keys | jobs | demo` — registered into the `nern` command through the
+entry-point group `nern.commands` (pyproject.toml), so the library names nothing of the service.
 
 Every command returns an exit code: 0, or 2 with one line `nern: error: ...` on stderr (130
 when interrupted). Errors of the server (`api.client.ApiError`), of the database and of local
@@ -13,8 +14,6 @@ import os
 import signal
 import subprocess
 import sys
-import types
-import typing
 from pathlib import Path
 from typing import Any
 
@@ -109,6 +108,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         p.add_argument("id")
         p.set_defaults(func=cmd_jobs_cancel if verb == "cancel" else cmd_jobs_retry)
 
+    p = subparsers.add_parser("demo", help="start the embedded service, fit the shipped ResNet20 through it, "
+                                           "print the accuracies")
+    p.add_argument("--steps", type=int, default=600, help="training steps (default 600: a few minutes)")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--stop", action="store_true", help="stop the service afterwards instead of leaving it running")
+    p.set_defaults(func=cmd_demo)
+
 
 # ----------------------------------------------------------------------------- helpers
 
@@ -137,47 +143,22 @@ def _client(args: argparse.Namespace) -> NernClient:
     return NernClient(args.server, args.api_key)
 
 
-def _is_text_field(annotation: Any) -> bool:
-    args = typing.get_args(annotation)
-    if annotation is str:
-        return True
-    if typing.get_origin(annotation) is typing.Literal:
-        return all(isinstance(a, str) for a in args)
-    if isinstance(annotation, types.UnionType) or typing.get_origin(annotation) is typing.Union:
-        return any(_is_text_field(a) for a in args if a is not type(None))
-    return False
-
-
 def _fit_flags(p: argparse.ArgumentParser) -> None:
-    """One flag per spec field, named as `nern fit` names them (`batch_size` → --batch-size)."""
+    """One flag per spec field, generated as `nern fit` generates its own (`batch_size` → --batch-size)."""
+    from nern.cli_options import add_model_flags
     from nern.config import CompressConfig
 
     from .jobstore.spec import JobSpec
 
     g = p.add_argument_group("fit settings (the job spec; defaults are the server's)")
-    for name, field in JobSpec.model_fields.items():
-        if name in ("name", "compress"):
-            continue
-        _field_flag(g, name, name, field)
+    add_model_flags(g, JobSpec, exclude=("name", "compress"))
     g = p.add_argument_group("compression (the spec's `compress`; any of these turns it on)")
     g.add_argument("--compress", dest="compress", type=_json_value, default=argparse.SUPPRESS,
                    metavar="JSON", help='all settings as one JSON object, e.g. \'{"prune": 0.5, "quantize": "int8"}\'')
-    for name, field in CompressConfig.model_fields.items():
-        _field_flag(g, name, _COMPRESS_DEST + name, field)
+    add_model_flags(g, CompressConfig, dest_prefix=_COMPRESS_DEST)
 
 
 _COMPRESS_DEST = "compress."  # argparse dest prefix of the flags of the spec's `compress` object
-
-
-def _field_flag(g: argparse._ArgumentGroup, name: str, dest: str, field: Any) -> None:
-    flag = "--" + name.replace("_", "-")
-    helptext = field.description or ""
-    if field.annotation in (bool, bool | None):
-        g.add_argument(flag, dest=dest, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS,
-                       help=helptext)
-    else:
-        g.add_argument(flag, dest=dest, default=argparse.SUPPRESS, metavar=name.upper(), help=helptext,
-                       type=str if _is_text_field(field.annotation) else _json_value)
 
 
 def _json_value(text: str) -> Any:
@@ -188,10 +169,16 @@ def _json_value(text: str) -> Any:
 
 
 def _spec_from_args(args: argparse.Namespace) -> tuple[dict[str, Any], dict[str, Path]]:
+    from nern.cli_options import model_values
+    from nern.config import CompressConfig
+
     from .jobstore.spec import JobSpec
 
-    spec = {k: getattr(args, k) for k in JobSpec.model_fields if hasattr(args, k) and k != "name"}
-    flags = {k[len(_COMPRESS_DEST):]: v for k, v in vars(args).items() if k.startswith(_COMPRESS_DEST)}
+    spec = model_values(args, JobSpec)
+    spec.pop("name", None)
+    if "betas" in spec:
+        spec["betas"] = list(spec["betas"])
+    flags = model_values(args, CompressConfig, dest_prefix=_COMPRESS_DEST)
     if flags:
         base = spec.get("compress")
         # a non-object --compress is left for the server to refuse, not silently replaced
@@ -398,13 +385,19 @@ def cmd_worker(args: argparse.Namespace) -> int:
         concurrency = max(1, gpus * settings.jobs_per_gpu)
     if concurrency < 1:
         return _fail("--concurrency must be at least 1")
-    os.environ["NERN_WORKER_QUEUES"] = queues  # announced to the API (worker.celery_app._announce)
+    os.environ["NERN_WORKER_QUEUES"] = queues  # for the pool processes' heartbeat rows
     app = make_celery(settings)
     app.worker_main([
         "worker", "-Q", queues, "-c", str(concurrency), "--loglevel", args.loglevel,
         "-n", f"nern-{os.getpid()}@%h", "--without-gossip", "--without-mingle", "--without-heartbeat",
     ])
     return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from .demo import run_demo
+
+    return run_demo(args.stop, steps=args.steps, port=args.port)
 
 
 def _die_with_parent() -> None:
@@ -440,7 +433,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
     print(f"dashboard: http://{args.host}:{args.port}/dashboard  ·  API docs: http://{args.host}:{args.port}/docs",
           flush=True)
     try:
-        uvicorn.run(create_app(settings), host=args.host, port=args.port, log_level="info")
+        from .logs import configure
+
+        configure()  # JSON lines with request ids; our middleware writes the access lines
+        uvicorn.run(create_app(settings), host=args.host, port=args.port, log_level="info", log_config=None,
+                    access_log=False)
     finally:
         if worker is not None:
             worker.send_signal(signal.SIGTERM)

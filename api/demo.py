@@ -54,18 +54,6 @@ def _start_service(home: Path, port: int) -> subprocess.Popen:
     )
 
 
-def _top1(model, images, labels) -> float:
-    import torch
-
-    from nern.data import normalize
-
-    correct = 0
-    with torch.no_grad():
-        for s in range(0, len(images), 500):
-            correct += int((model(normalize(images[s:s + 500])).argmax(1) == labels[s:s + 500]).sum())
-    return 100.0 * correct / len(images)
-
-
 def run_demo(stop: bool, *, steps: int = 300, port: int = 8000, home: str | os.PathLike | None = None) -> int:
     """Run the main job end to end through the embedded service; returns an exit code."""
     from .jobstore import crud
@@ -102,13 +90,12 @@ def run_demo(stop: bool, *, steps: int = 300, port: int = 8000, home: str | os.P
 
 
 def _follow_job(url: str, key: str, steps: int, proc, stop: bool, home: Path) -> int:
-    import torch
     from tqdm import tqdm
 
     from nern.checkpoint import load_state_dict
-    from nern.data import load_images
-    from nern.package import load_package, reconstruct
-    from nern.targets import create_target
+    from nern.data import load_labelled
+    from nern.evaluate import evaluate_package
+    from nern.package import load_package
 
     checkpoint = default_checkpoint()
     # The whole test set, so that the accuracies recomputed below are over the same images.
@@ -132,17 +119,12 @@ def _follow_job(url: str, key: str, steps: int, proc, stop: bool, home: Path) ->
         package_path = client.download(job["id"], "predictor.nern", out)
         report = json.loads(client.download(job["id"], "report.json", out).read_text())
 
-    original = load_state_dict(checkpoint)
-    model = create_target("resnet20")
-    model.load_state_dict(original, strict=True)
-    rebuilt = create_target("resnet20")
-    rebuilt.load_state_dict(reconstruct(load_package(package_path), original), strict=True)
-    images, labels = load_images("cifar10-test", 32)
-    with torch.no_grad():
-        top_o, top_r = _top1(model.eval(), images, labels), _top1(rebuilt.eval(), images, labels)
+    package = load_package(package_path)
+    scores = evaluate_package(package, load_state_dict(checkpoint), load_labelled("cifar10-test", package.image_size))
+    top_o, top_r = scores["original_top1"], scores["reconstructed_top1"]
     print(f"checkpoint {checkpoint.stat().st_size:,} B → predictor package {package_path.stat().st_size:,} B "
           f"({package_path})")
-    print(f"top-1 on {len(labels):,} CIFAR-10 test images, recomputed here from the downloaded package:")
+    print(f"top-1 on {scores['eval_images']:,} CIFAR-10 test images, recomputed here from the downloaded package:")
     print(f"  original       {top_o:6.2f} %   (job reported {report.get('original_top1')})")
     print(f"  reconstructed  {top_r:6.2f} %   (job reported {report.get('reconstructed_top1')})")
     print(f"dashboard: {url}/dashboard  (API key for tenant 'demo': {key})")

@@ -22,6 +22,7 @@ from .jobstore import crud
 from .jobstore.artifacts import ArtifactStore
 from .jobstore.db import get_sessionmaker, session_scope
 from .jobstore.settings import Settings
+from .notify import WebhookSender
 from .problems import ProblemError
 from .status_cache import StatusCache
 from .telemetry import HttpMetrics
@@ -84,6 +85,7 @@ class Services:
     dispatcher: Dispatcher
     key_cache: KeyCache
     metrics: HttpMetrics
+    webhook_sender: WebhookSender
     status_cache: StatusCache
     key_failures: KeyFailures
     default_tenant_id: int | None = None  # set at start-up when auth is off
@@ -95,7 +97,9 @@ class Services:
             store=ArtifactStore(settings.artifact_root),
             dispatcher=Dispatcher(settings),
             key_cache=KeyCache(settings.auth_cache_seconds),
-            metrics=HttpMetrics(),
+            metrics=HttpMetrics.for_database(
+                settings.database_url, max(3 * settings.heartbeat_seconds, settings.lease_seconds)),
+            webhook_sender=WebhookSender(settings),
             status_cache=StatusCache(settings.status_cache_seconds),
             key_failures=KeyFailures(settings.key_failures_per_minute),
         )

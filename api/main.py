@@ -14,7 +14,8 @@ from .deps import Services
 from .jobstore import crud
 from .jobstore.db import migrate, session_scope
 from .jobstore.settings import Settings, get_settings
-from .routes import dashboard, health, jobs
+from .logs import RequestIdMiddleware
+from .routes import dashboard, health, insights, jobs, webhooks
 from .telemetry import MetricsMiddleware
 
 log = logging.getLogger("nern.api")
@@ -37,9 +38,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         services.default_tenant_id = await run_in_threadpool(_prepare, settings)
         services.dispatcher.start()
+        services.webhook_sender.start()
         try:
             yield
         finally:
+            services.webhook_sender.stop()
             services.dispatcher.stop()
 
     app = FastAPI(
@@ -52,9 +55,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     problems.install(app)
     app.include_router(health.router)
     app.include_router(jobs.router)
+    app.include_router(insights.router)
     app.include_router(dashboard.router)
+    app.include_router(webhooks.router)
     app.add_middleware(MetricsMiddleware, metrics=services.metrics)
     _add_openapi_links(app)
+    app.add_middleware(RequestIdMiddleware)  # added last = outermost: ids cover every line
     return app
 
 

@@ -1,69 +1,209 @@
-"""Prometheus text exposition for `/metrics`: HTTP request counts and latencies, job gauges.
+"""`/metrics` through prometheus-client, with label values from fixed sets only.
 
-A pure ASGI middleware records each request under its route template (not the raw path, so
-job ids do not explode the label set). No client library: the text format is a few lines.
+Per API process (a pure ASGI middleware):
+    nern_http_requests_total{method, route, status}         counter
+    nern_http_request_duration_seconds{method, route}       histogram
+    nern_upload_bytes_total                                  counter: request bytes received by POST /jobs
+    nern_jobs_submitted_total                                counter
+`method` is one of GET HEAD POST PUT PATCH DELETE OPTIONS, anything else "other"; `route` is the
+route template ("/jobs/{job_id}"), or "unmatched" — so a client cannot add series.
+
+From the database at scrape time (the same in every API process: scrape one, or de-duplicate):
+    nern_jobs{state}, nern_queue_jobs{queue, state}          gauges
+    nern_job_queue_wait_seconds                              histogram: created → first started
+    nern_job_run_seconds{state}                              histogram: started → finished
+    nern_training_steps_per_second{queue}                    gauge: sum over running jobs
+    nern_worker_jobs_running{worker}, nern_worker_jobs_total{worker}
+    nern_worker_last_heartbeat_timestamp_seconds{worker}, nern_worker_gpu_memory_bytes{worker}
+Workers are pool processes (host:pid) that beat within the last hour.
 """
 
 from __future__ import annotations
 
+import logging
 import time
-from bisect import bisect_left
 from collections import defaultdict
+from collections.abc import Iterator
 
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
+from prometheus_client.registry import Collector
+from sqlalchemy import Float, and_, case, cast, func, literal, select
+from sqlalchemy.orm import Session
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from .jobstore import crud, workers
+from .jobstore.db import session_scope
+from .jobstore.models import Job, MetricPoint
 from .jobstore.states import JobState
 
-BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+log = logging.getLogger("nern.api")
+
+METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+STATES = tuple(s.value for s in JobState)
+QUEUES = ("cpu", "gpu")
+HTTP_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+JOB_BUCKETS = (1, 5, 15, 30, 60, 120, 300, 600, 1800, 3600, 7200, 14400, 43200, 86400)
 
 
 class HttpMetrics:
+    """The process's registry: HTTP series, and the job store's collector when built by `for_database`."""
+
     def __init__(self) -> None:
-        self.requests: dict[tuple[str, str, int], int] = defaultdict(int)
-        # (method, route) -> [per-bucket counts..., +Inf count, sum]
-        self.latency: dict[tuple[str, str], list[float]] = {}
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.requests = Counter("nern_http_requests", "HTTP requests by method, route template and status.",
+                                ["method", "route", "status"], registry=self.registry)
+        self.latency = Histogram("nern_http_request_duration_seconds", "Time to the end of the response.",
+                                 ["method", "route"], buckets=HTTP_BUCKETS, registry=self.registry)
+        self.upload_bytes = Counter("nern_upload_bytes", "Request body bytes received by POST /jobs.",
+                                    registry=self.registry)
+        # Named counters the routes bump (`counters["jobs_submitted"] += 1`), exported as nern_<name>_total.
         self.counters: dict[str, int] = defaultdict(int)
+        self.registry.register(_NamedCounters(self.counters))
+
+    @classmethod
+    def for_database(cls, database_url: str, worker_window: float = 60.0) -> HttpMetrics:
+        """HTTP series plus the job store's collector (jobs, queue wait, run time, workers)."""
+        metrics = cls()
+        metrics.registry.register(JobStoreCollector(database_url, worker_window))
+        return metrics
 
     def observe(self, method: str, route: str, status: int, seconds: float) -> None:
-        self.requests[(method, route, status)] += 1
-        h = self.latency.get((method, route))
-        if h is None:
-            h = self.latency[(method, route)] = [0.0] * (len(BUCKETS) + 2)
-        h[bisect_left(BUCKETS, seconds)] += 1
-        h[-1] += seconds
+        method = method if method in METHODS else "other"
+        self.requests.labels(method, route, str(status)).inc()
+        self.latency.labels(method, route).observe(seconds)
 
-    def render(self, jobs_by_state: dict[str, int], workers: dict[str, int] | None = None,
-               queued: dict[str, int] | None = None) -> str:
-        out = [
-            "# HELP nern_http_requests_total HTTP requests by method, route template and status.",
-            "# TYPE nern_http_requests_total counter",
-        ]
-        for (m, r, s), n in sorted(self.requests.items()):
-            out.append(f'nern_http_requests_total{{method="{m}",route="{r}",status="{s}"}} {n}')
-        out += [
-            "# HELP nern_http_request_duration_seconds Time to the end of the response.",
-            "# TYPE nern_http_request_duration_seconds histogram",
-        ]
-        for (m, r), h in sorted(self.latency.items()):
-            cum = 0.0
-            for le, n in zip((*BUCKETS, "+Inf"), h[:-1], strict=True):
-                cum += n
-                out.append(f'nern_http_request_duration_seconds_bucket{{method="{m}",route="{r}",le="{le}"}} {int(cum)}')
-            out.append(f'nern_http_request_duration_seconds_sum{{method="{m}",route="{r}"}} {h[-1]:.6f}')
-            out.append(f'nern_http_request_duration_seconds_count{{method="{m}",route="{r}"}} {int(cum)}')
-        out += ["# HELP nern_jobs Jobs in the database by state.", "# TYPE nern_jobs gauge"]
-        for state in JobState:
-            out.append(f'nern_jobs{{state="{state.value}"}} {jobs_by_state.get(state.value, 0)}')
-        workers, queued = workers or {}, queued or {}
-        queues = sorted({"cpu", "gpu", *workers, *queued})
-        out += ["# HELP nern_queue_workers Live workers serving each queue.", "# TYPE nern_queue_workers gauge"]
-        out += [f'nern_queue_workers{{queue="{q}"}} {workers.get(q, 0)}' for q in queues]
-        out += ["# HELP nern_jobs_unservable Queued jobs whose queue no live worker serves.",
-                "# TYPE nern_jobs_unservable gauge"]
-        out += [f'nern_jobs_unservable{{queue="{q}"}} {0 if workers.get(q) else queued.get(q, 0)}' for q in queues]
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+class _NamedCounters(Collector):
+    def __init__(self, counters: dict[str, int]) -> None:
+        self.counters = counters
+
+    def collect(self) -> Iterator[CounterMetricFamily]:
         for name, n in sorted(self.counters.items()):
-            out += [f"# TYPE nern_{name}_total counter", f"nern_{name}_total {n}"]
-        return "\n".join(out) + "\n"
+            yield CounterMetricFamily(f"nern_{name}", f"{name.replace('_', ' ')} (this process)", value=n)
+
+
+def _seconds_between(session: Session, later, earlier):
+    """SQL for `later - earlier` in seconds on SQLite and PostgreSQL."""
+    if session.get_bind().dialect.name == "sqlite":
+        return (func.julianday(later) - func.julianday(earlier)) * 86400.0
+    return func.extract("epoch", later - earlier)
+
+
+def _histogram(session: Session, seconds, where, group_by=None) -> dict[tuple, tuple[list[float], float]]:
+    """Cumulative bucket counts and sum of `seconds` over rows matching `where`, per group."""
+    cols = [func.sum(case((seconds <= le, 1), else_=0)) for le in JOB_BUCKETS]
+    cols += [func.count(), func.coalesce(func.sum(cast(seconds, Float)), literal(0.0))]
+    q = select(*([group_by] if group_by is not None else []), *cols).where(where)
+    if group_by is not None:
+        q = q.group_by(group_by)
+    out = {}
+    for row in session.execute(q).all():
+        key = (row[0],) if group_by is not None else ()
+        vals = list(row[1:] if group_by is not None else row)
+        counts = [float(v or 0) for v in vals[: len(JOB_BUCKETS) + 1]]
+        out[key] = (counts, float(vals[-1] or 0.0))
+    return out
+
+
+def _histogram_family(name: str, doc: str, labels: list[str], data: dict[tuple, tuple[list[float], float]],
+                      ) -> HistogramMetricFamily:
+    fam = HistogramMetricFamily(name, doc, labels=labels)
+    for key, (counts, total) in sorted(data.items(), key=lambda kv: str(kv[0])):
+        buckets = [(str(float(le)), c) for le, c in zip(JOB_BUCKETS, counts[:-1])] + [("+Inf", counts[-1])]
+        fam.add_metric([str(k) for k in key], buckets, total)
+    return fam
+
+
+class JobStoreCollector(Collector):
+    """Job and worker series read from the database at scrape time."""
+
+    def __init__(self, database_url: str, worker_window: float = 60.0) -> None:
+        self.database_url = database_url
+        self.worker_window = worker_window  # a worker silent this long counts as gone
+
+    def describe(self) -> list:
+        return []  # no DB access at registration
+
+    def collect(self) -> Iterator:
+        try:
+            with session_scope(self.database_url) as session:
+                yield from self._collect(session)
+        except Exception as e:  # a scrape must not fail the whole exposition
+            log.warning("job store metrics unavailable: %s", e)
+            yield GaugeMetricFamily("nern_jobstore_up", "1 when the job store answered this scrape.", value=0)
+
+    def _collect(self, session: Session) -> Iterator:
+        yield GaugeMetricFamily("nern_jobstore_up", "1 when the job store answered this scrape.", value=1)
+        counts = dict(((q, s), n) for q, s, n in session.execute(
+            select(Job.queue, Job.state, func.count()).group_by(Job.queue, Job.state)).all())
+        by_state = GaugeMetricFamily("nern_jobs", "Jobs in the database by state.", labels=["state"])
+        by_queue = GaugeMetricFamily("nern_queue_jobs", "Jobs by queue and state.", labels=["queue", "state"])
+        for s in STATES:
+            by_state.add_metric([s], sum(n for (_, st), n in counts.items() if st == s))
+            for q in QUEUES:
+                by_queue.add_metric([q, s], counts.get((q, s), 0))
+        yield by_state
+        yield by_queue
+
+        wait = _seconds_between(session, Job.started_at, Job.created_at)
+        yield _histogram_family("nern_job_queue_wait_seconds", "Seconds from submission to the first start.", [],
+                                _histogram(session, wait, Job.started_at.is_not(None)))
+        run = _seconds_between(session, Job.finished_at, Job.started_at)
+        done = and_(Job.finished_at.is_not(None), Job.started_at.is_not(None))
+        yield _histogram_family("nern_job_run_seconds", "Seconds from the first start to the end, by final state.",
+                                ["state"], _histogram(session, run, done, Job.state))
+
+        # Training rate of each running job: its latest training point's step / training seconds.
+        latest = (select(func.max(MetricPoint.id)).join(Job, Job.id == MetricPoint.job_id)
+                  .where(Job.state == JobState.running.value, MetricPoint.stage == "training")
+                  .group_by(MetricPoint.job_id))
+        rate = GaugeMetricFamily("nern_training_steps_per_second",
+                                 "Training steps per second, summed over running jobs.", labels=["queue"])
+        per_queue = dict.fromkeys(QUEUES, 0.0)
+        for queue, step, elapsed in session.execute(
+            select(Job.queue, MetricPoint.step, MetricPoint.elapsed_s).join(Job, Job.id == MetricPoint.job_id)
+            .where(MetricPoint.id.in_(latest))
+        ).all():
+            if elapsed and elapsed > 0:
+                per_queue[queue] = per_queue.get(queue, 0.0) + step / elapsed
+        for q, v in per_queue.items():
+            rate.add_metric([q], v)
+        yield rate
+
+        running: dict[str, int] = defaultdict(int)
+        for (owner,) in session.execute(select(Job.lease_owner).where(Job.state == JobState.running.value,
+                                                                      Job.lease_owner.is_not(None))):
+            running[owner.rsplit(":", 1)[0]] += 1
+        alive = workers.recent(session)
+        beat = GaugeMetricFamily("nern_worker_last_heartbeat_timestamp_seconds",
+                                 "Unix time of each worker process's last heartbeat.", labels=["worker"])
+        total = CounterMetricFamily("nern_worker_jobs", "Jobs each worker process has claimed.", labels=["worker"])
+        busy = GaugeMetricFamily("nern_worker_jobs_running", "Jobs each worker process runs now.", labels=["worker"])
+        gpu = GaugeMetricFamily("nern_worker_gpu_memory_bytes", "CUDA memory held by each worker process.",
+                                labels=["worker"])
+        for w in alive:
+            beat.add_metric([w.name], w.heartbeat_at.timestamp())
+            total.add_metric([w.name], w.jobs_total)
+            busy.add_metric([w.name], running.get(w.name, 0))
+            if w.gpu_memory_bytes is not None:
+                gpu.add_metric([w.name], w.gpu_memory_bytes)
+        yield from (beat, total, busy, gpu)
+
+        # Queues no live worker serves: their queued jobs wait for nothing (waiting_reason on the job).
+        live = crud.queue_workers(session, self.worker_window)
+        serving = GaugeMetricFamily("nern_queue_workers", "Live worker processes serving each queue.",
+                                    labels=["queue"])
+        stuck = GaugeMetricFamily("nern_jobs_unservable", "Queued jobs whose queue no live worker serves.",
+                                  labels=["queue"])
+        for q in sorted({*QUEUES, *live}):
+            serving.add_metric([q], live.get(q, 0))
+            stuck.add_metric([q], 0 if live.get(q) else counts.get((q, JobState.queued.value), 0))
+        yield serving
+        yield stuck
 
 
 class MetricsMiddleware:
@@ -77,6 +217,13 @@ class MetricsMiddleware:
             return
         start = time.perf_counter()
         status = 500
+        counting = scope["method"] == "POST" and scope["path"] == "/jobs"
+
+        async def receive_counting() -> Message:
+            message = await receive()
+            if message["type"] == "http.request":
+                self.metrics.upload_bytes.inc(len(message.get("body", b"")))
+            return message
 
         async def send_wrapper(message: Message) -> None:
             nonlocal status
@@ -85,7 +232,7 @@ class MetricsMiddleware:
             await send(message)
 
         try:
-            await self.app(scope, receive, send_wrapper)
+            await self.app(scope, receive_counting if counting else receive, send_wrapper)
         finally:
             route = scope.get("route")
             path = getattr(route, "path", None) or "unmatched"

@@ -26,16 +26,16 @@ sys.path[:0] = [str(HERE.parent), str(HERE)]
 from fit_resnet20 import BENCH  # noqa: E402
 
 from nern import FitConfig, load_state_dict  # noqa: E402
-from nern.checkpoint import sha256_file  # noqa: E402
 from nern.compress import (  # noqa: E402
     DEFAULT_SWEEP_DTYPES,
     DEFAULT_SWEEP_FRACTIONS,
     compression_sweep,
     sweep_table,
 )
-from nern.data import resolve_dataset  # noqa: E402
+from nern.data import load_labelled, resolve_dataset  # noqa: E402
+from nern.io import sha256_file  # noqa: E402
 from nern.package import Package, load_package, save_package  # noqa: E402
-from nern.train import fit, load_eval_data  # noqa: E402
+from nern.train import fit  # noqa: E402
 
 
 def common_arguments(ap: argparse.ArgumentParser) -> None:
@@ -80,7 +80,7 @@ def main() -> int:
     args = ap.parse_args()
 
     package, sd, _ = obtain_package(args)
-    images, labels = load_eval_data(FitConfig(eval_data=args.data, eval_limit=args.limit), 32)
+    images, labels = load_labelled(args.data, 32, args.limit)
     t0 = time.perf_counter()
     sweep = compression_sweep(
         package, sd, images, labels,

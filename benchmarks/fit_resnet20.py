@@ -3,12 +3,14 @@
     python benchmarks/fit_resnet20.py --minutes 30          # schedule fitted to 30 min of training
     python benchmarks/fit_resnet20.py --steps 600           # fixed number of steps
     python benchmarks/fit_resnet20.py --minutes 5 --set '{"w_kd": 1e-3}'   # try a variation
+    python benchmarks/fit_resnet20.py --checkpoint resnet56 --steps 4000     # ResNet-56, h=320
 
 Minutes count training time only: evaluation pauses the clock. With --minutes the step count is
 set from the median of the first 20 steps' times (those steps are part of the run; the cosine
 schedule's length only matters after the 50-step warm-up). Prints progress, then as its last
-line one JSON object: median_step_s, original_top1, final_top1, curve ([seconds, step, top1])
-and the configuration.
+line one JSON object: median_step_s, steps_per_s, original_top1, final_top1, curve ([seconds,
+step, top1]), the precision and CPU it used (and the GPU with its peak memory), and the
+configuration. Steps run through the library's one training loop (`nern.trainer.Trainer`).
 
 `curve` scores what the fit packages: the parameter average with the configuration's
 `ema_decay` (0.99; `--set '{"ema_decay": 0}'` scores the last step's parameters instead).
@@ -24,7 +26,6 @@ import contextlib
 import json
 import statistics
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -33,11 +34,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from nern import FitConfig, load_state_dict  # noqa: E402
 from nern.averaging import ParameterAverage  # noqa: E402
-from nern.checkpoint import sha256_file  # noqa: E402
-from nern.data import load_images, resolve_dataset  # noqa: E402
+from nern.data import load_labelled, resolve_dataset  # noqa: E402
 from nern.evaluate import evaluate_weights, layer_errors  # noqa: E402
+from nern.io import sha256_file  # noqa: E402
 from nern.precision import describe_cpu  # noqa: E402
 from nern.train import NernRun  # noqa: E402
+from nern.trainer import Callback, Trainer  # noqa: E402
 
 # The bench recipe (see README, "Performance"): the representation is the reference's
 # (h=180, 5 Linear layers, K=40 → 240-dim embedding); training is ours.
@@ -47,7 +49,67 @@ BENCH = dict(
     w_rec=1.0, w_kd=1e-4, w_fmd=1e-4, rec_normalize=True, data="cifar10", augment=True,
     threads=2, seed=0, ema_decay=0.99,  # amp: the library's choice for this machine
 )
+# --checkpoint presets: the shared checkpoint file and the paper's predictor width for it.
+PRESETS = {"resnet20": ("resnet20-12fca82f.th", {"hidden": 180}), "resnet56": ("resnet56-4bfd9763.th", {"hidden": 320})}
 CALIBRATION_STEPS = 20
+
+
+class Calibrate(Callback):
+    """With a time budget: after CALIBRATION_STEPS steps, fix the schedule's length from their median."""
+
+    def __init__(self, run: NernRun, budget_s: float | None, step_times: list[float]):
+        self.run, self.budget, self.step_times = run, budget_s, step_times
+
+    def on_step_end(self, trainer: Trainer, losses: dict[str, float]) -> None:
+        self.step_times.append(trainer.last_step_seconds)
+        if self.budget is not None and trainer.step == CALIBRATION_STEPS:
+            median = statistics.median(self.step_times[5:])
+            trainer.steps = max(trainer.step + 1, int(self.budget / median))
+            self.run.config = self.run.config.model_copy(update={"steps": trainer.steps})
+            print(f"calibrated: median step {median:.3f}s -> {trainer.steps} steps in {self.budget / 60:g} min",
+                  flush=True)
+        if trainer.step % 50 == 0:
+            print(f"step {trainer.step:6d}/{trainer.steps}  {self.run.train_seconds:7.1f}s  "
+                  + "  ".join(f"{k} {v:.4g}" for k, v in losses.items()), flush=True)
+
+
+class Averages(Callback):
+    """Extra parameter averages of the same run (decay 0 = the current parameters)."""
+
+    def __init__(self, run: NernRun, decays: list[str]):
+        self.run = run
+        self.averages = {d: ParameterAverage(run.model.predictor, float(d)) if float(d) > 0 else None for d in decays}
+
+    def on_step_end(self, trainer: Trainer, losses: dict[str, float]) -> None:
+        for avg in self.averages.values():
+            if avg is not None:
+                avg.update(self.run.model.predictor)
+
+    def weights(self, decay: str) -> dict[str, torch.Tensor]:
+        avg = self.averages[decay]
+        with avg.applied(self.run.model.predictor) if avg is not None else contextlib.nullcontext():
+            return self.run.model.weights()
+
+
+class EvaluateAlong(Callback):
+    """`evaluate()` at `evals` evenly spaced points of the (possibly calibrated) schedule."""
+
+    def __init__(self, evals: int, evaluate):
+        self.evals, self.evaluate, self.next = evals, evaluate, 1
+
+    def on_step_end(self, trainer: Trainer, losses: dict[str, float]) -> None:
+        if trainer.step >= self.next * trainer.steps / self.evals and trainer.step < trainer.steps:
+            self.next += 1
+            self.evaluate()
+
+
+def checkpoint_and_overrides(name: str | None) -> tuple[str, dict]:
+    """A preset name (resnet20, resnet56) or a checkpoint path."""
+    shared = resolve_dataset("cifar10").parent
+    if name is None or name in PRESETS:
+        file, overrides = PRESETS[name or "resnet20"]
+        return str(shared / file), dict(overrides)
+    return name, {}
 
 
 def main() -> int:
@@ -56,32 +118,30 @@ def main() -> int:
     ap.add_argument("--steps", type=int, default=None, help="fixed step count (overrides --minutes)")
     ap.add_argument("--evals", type=int, default=10, help="evaluations along the run")
     ap.add_argument("--set", default="{}", help="JSON overrides of the bench configuration")
-    ap.add_argument("--checkpoint", default=None)
+    ap.add_argument("--checkpoint", default=None,
+                    help=f"a preset ({', '.join(PRESETS)}: the shared checkpoint and the paper's h) or a path")
     ap.add_argument("--save-package", default=None, help="also write the fitted predictor package here")
     ap.add_argument("--averages", default="", help="comma-separated EMA decays to evaluate alongside")
+    ap.add_argument("--eval-limit", type=int, default=None, help="score a fixed random subset of the test set")
     args = ap.parse_args()
 
-    ckpt = args.checkpoint or str(resolve_dataset("cifar10").parent / "resnet20-12fca82f.th")
+    ckpt, preset = checkpoint_and_overrides(args.checkpoint)
     sd = load_state_dict(ckpt)
-    overrides = json.loads(args.set)
-    cfg = FitConfig(**{**BENCH, "steps": args.steps or 10**6, **overrides})
+    cfg = FitConfig(**{**BENCH, **preset, "steps": args.steps or 10**6, **json.loads(args.set)})
     run = NernRun(sd, cfg, source_sha256=sha256_file(ckpt))
-    images, labels = load_images("cifar10-test", 32)
-    base = evaluate_weights(run.model, None, images, labels, device=run.device)
+    network = run.target.module
+    images, labels = load_labelled("cifar10-test", run.image_size, args.eval_limit)
+    base = evaluate_weights(network, None, images, labels, device=run.device)
     print(f"original top-1 {base['original_top1']:.2f}% on {len(labels)} test images; "
-          f"permutation {run.permute_seconds:.1f}s", flush=True)
-    originals = {n: run.original[n] for n in run.layout.names}
-    averages = {d: ParameterAverage(run.predictor, float(d)) if float(d) > 0 else None
-                for d in filter(None, args.averages.split(","))}
-    curves_averaged: dict[str, list[list[float]]] = {d: [] for d in averages}
-
+          f"permutation {run.permute_seconds:.1f}s; precision {'bf16' if run.amp else 'fp32'}", flush=True)
+    originals = {n: run.target.weights[n] for n in run.model.layout.names}
+    extra = Averages(run, list(filter(None, args.averages.split(","))))
+    curves_averaged: dict[str, list[list[float]]] = {d: [] for d in extra.averages}
     step_times: list[float] = []
     curve: list[list[float]] = []
-    budget = None if args.steps else args.minutes * 60.0
-    planned = args.steps
 
     def score(label: str, w: dict[str, torch.Tensor]) -> float:
-        m = evaluate_weights(run.model, w, images, labels, device=run.device)
+        m = evaluate_weights(network, w, images, labels, device=run.device)
         err = layer_errors({k: v.cpu() for k, v in w.items()}, originals, total=True)
         print(f"eval  step {run.step:6d}  train {run.train_seconds / 60:6.2f} min  {label:>12}  "
               f"top-1 {m['reconstructed_top1']:6.2f}%  agreement {m['agreement']:6.2f}%  rel.err {err:.4f}",
@@ -89,48 +149,36 @@ def main() -> int:
         return m["reconstructed_top1"]
 
     def evaluate() -> float:
-        top1 = score(f"ema {run.config.ema_decay:g}" if run.average else "predictor", run.predicted_weights())
+        top1 = score(f"ema {cfg.ema_decay:g}" if run.average else "predictor", run.predicted_weights())
         curve.append([round(run.train_seconds, 1), run.step, top1])
-        for d, avg in averages.items():
-            with avg.applied(run.predictor) if avg is not None else contextlib.nullcontext():
-                w = run.predicted_weights(averaged=False)
-            label = "predictor" if avg is None else f"ema {d}"
-            curves_averaged[d].append([round(run.train_seconds, 1), run.step, score(label, w)])
+        for d in extra.averages:
+            label = "predictor" if extra.averages[d] is None else f"ema {d}"
+            curves_averaged[d].append([round(run.train_seconds, 1), run.step, score(label, extra.weights(d))])
         return top1
 
-    next_eval = 1
-    while True:
-        t0 = time.perf_counter()
-        losses = run.train_step()
-        for avg in averages.values():
-            if avg is not None:
-                avg.update(run.predictor)
-        dt = time.perf_counter() - t0
-        run.train_seconds += dt
-        step_times.append(dt)
-        if planned is None and run.step == CALIBRATION_STEPS:
-            median = statistics.median(step_times[5:])
-            planned = max(run.step + 1, int(budget / median))
-            run.config = run.config.model_copy(update={"steps": planned})
-            print(f"calibrated: median step {median:.3f}s -> {planned} steps in {args.minutes:g} min", flush=True)
-        if planned is not None and run.step % 50 == 0:
-            print(f"step {run.step:6d}/{planned}  {run.train_seconds:7.1f}s  "
-                  + "  ".join(f"{k} {v:.4g}" for k, v in losses.items()), flush=True)
-        if planned is not None and run.step >= next_eval * planned / args.evals and run.step < planned:
-            next_eval += 1
-            evaluate()
-        if planned is not None and run.step >= planned:
-            break
+    budget = None if args.steps else args.minutes * 60.0
+    Trainer(run, args.steps or 10**6, [Calibrate(run, budget, step_times), extra,
+                                       EvaluateAlong(args.evals, evaluate)]).run()
     final = evaluate()
     if args.save_package:
-        from nern.package import build_package, save_package
+        from nern.package import save_package
 
-        save_package(build_package(run, {"bench_curve": curve, "steps": run.step}), args.save_package)
-    result = {
-        "median_step_s": round(statistics.median(step_times), 4),
+        save_package(run.package({"bench_curve": curve, "steps": run.step}), args.save_package)
+    print(json.dumps(result_line(run, ckpt, base["original_top1"], final, curve, curves_averaged, step_times)))
+    return 0
+
+
+def result_line(run: NernRun, ckpt: str, original_top1: float, final: float, curve: list,
+                curves_averaged: dict, step_times: list[float]) -> dict:
+    """The bench's JSON line: timings, scores, precision and machine, configuration."""
+    median = statistics.median(step_times)
+    cuda = run.device.type == "cuda"
+    return {
+        "median_step_s": round(median, 4),
+        "steps_per_s": round(1.0 / median, 2),
         "steps": run.step,
         "train_seconds": round(run.train_seconds, 1),
-        "original_top1": base["original_top1"],
+        "original_top1": original_top1,
         "final_top1": final,
         "curve": curve,
         "final_top1_averaged": {d: c[-1][2] for d, c in curves_averaged.items()},
@@ -139,10 +187,11 @@ def main() -> int:
         "device": str(run.device),
         "precision": "bf16" if run.amp else "fp32",
         "cpu": describe_cpu(),
+        "gpu": torch.cuda.get_device_name(run.device) if cuda else None,
+        "gpu_max_memory_mb": round(torch.cuda.max_memory_allocated(run.device) / 2**20, 1) if cuda else None,
+        "checkpoint": Path(ckpt).name,
         "config": run.config.model_dump(mode="json"),
     }
-    print(json.dumps(result))
-    return 0
 
 
 if __name__ == "__main__":

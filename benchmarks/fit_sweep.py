@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -26,6 +25,35 @@ from nern import FitConfig, load_state_dict  # noqa: E402
 from nern.data import load_images, resolve_dataset  # noqa: E402
 from nern.evaluate import evaluate_weights, layer_errors  # noqa: E402
 from nern.train import NernRun  # noqa: E402
+from nern.trainer import Callback, Trainer  # noqa: E402
+
+
+class Points(Callback):
+    """Score the reconstruction every `every` steps and at the end (one JSON line each)."""
+
+    def __init__(self, run: NernRun, every: int, images, labels, overrides: dict, out: str | None):
+        self.run, self.every, self.data, self.overrides, self.out = run, every, (images, labels), overrides, out
+        self.originals = {n: run.target.weights[n] for n in run.model.layout.names}
+        self.curve: list[tuple[int, float, float]] = []
+
+    def on_step_end(self, trainer: Trainer, losses: dict[str, float]) -> None:
+        step = trainer.step
+        if step % self.every and step != trainer.steps:
+            return
+        run = self.run
+        if run.device.type == "cuda":
+            torch.cuda.synchronize()
+        w = run.predicted_weights()
+        m = evaluate_weights(run.target.module, w, *self.data, device=run.device)
+        err = layer_errors({k: v.cpu() for k, v in w.items()}, self.originals, total=True)
+        point = {"cfg": self.overrides, "step": step, "s": round(run.train_seconds, 1), "rel_err": err,
+                 "top1": m["reconstructed_top1"], "agree": m["agreement"],
+                 "rec": round(losses["rec"], 4), "kd": round(losses.get("kd", 0), 4)}
+        print(json.dumps(point), flush=True)
+        if self.out:
+            with open(self.out, "a") as f:
+                f.write(json.dumps(point) + "\n")
+        self.curve.append((step, m["reconstructed_top1"], err))
 
 
 def main() -> int:
@@ -48,27 +76,9 @@ def main() -> int:
     for overrides in json.loads(args.grid):
         cfg = FitConfig(**{"steps": args.steps, **json.loads(args.base), **overrides})
         run = NernRun(sd, cfg, source_sha256="sweep")
-        originals = {n: run.original[n] for n in run.layout.names}
-        t0, curve = time.perf_counter(), []
-        every = max(1, args.steps // args.points)
-        for step in range(1, args.steps + 1):
-            losses = run.train_step()
-            if step % every == 0 or step == args.steps:
-                if run.device.type == "cuda":
-                    torch.cuda.synchronize()
-                elapsed = time.perf_counter() - t0
-                w = run.predicted_weights()
-                m = evaluate_weights(run.model, w, images, labels, device=run.device)
-                err = layer_errors({k: v.cpu() for k, v in w.items()}, originals, total=True)
-                point = {"cfg": overrides, "step": step, "s": round(elapsed, 1), "rel_err": err,
-                         "top1": m["reconstructed_top1"], "agree": m["agreement"],
-                         "rec": round(losses["rec"], 4), "kd": round(losses.get("kd", 0), 4)}
-                print(json.dumps(point), flush=True)
-                if args.out:
-                    with open(args.out, "a") as f:
-                        f.write(json.dumps(point) + "\n")
-                curve.append((step, m["reconstructed_top1"], err))
-                t0 += time.perf_counter() - t0 - elapsed  # evaluation does not count
+        points = Points(run, max(1, args.steps // args.points), images, labels, overrides, args.out)
+        Trainer(run, args.steps, [points]).run()  # only train_step counts as time: scoring does not
+        curve = points.curve
         rows.append((overrides, curve))
     print("\nsummary (step: top1 / rel_err)")
     for overrides, curve in rows:

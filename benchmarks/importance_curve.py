@@ -23,10 +23,8 @@ sys.path[:0] = [str(HERE.parent), str(HERE)]
 
 from compression_sweep import common_arguments, obtain_package  # noqa: E402
 
-from nern import FitConfig  # noqa: E402
-from nern.compress import target_model  # noqa: E402
+from nern.data import load_labelled  # noqa: E402
 from nern.importance import DEFAULT_FRACTIONS, importance_maps, pruning_curve, pruning_table  # noqa: E402
-from nern.train import load_eval_data  # noqa: E402
 
 
 def main() -> int:
@@ -37,8 +35,8 @@ def main() -> int:
     args = ap.parse_args()
 
     package, sd, _ = obtain_package(args)
-    images, labels = load_eval_data(FitConfig(eval_data=args.data, eval_limit=args.limit), 32)
-    model = target_model(package, sd)
+    images, labels = load_labelled(args.data, 32, args.limit)
+    model = package.original_network(sd)
     maps = importance_maps(package, sd)
     summary = maps.summary()
     print("relative reconstruction error per layer (mean / median):")

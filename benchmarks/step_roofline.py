@@ -62,7 +62,7 @@ def main() -> int:
     step = statistics.median(times)
     fp32, bf16 = matmul_rate(torch.float32), matmul_rate(torch.bfloat16)
     achieved = flops / step / 1e9
-    print(f"FLOPs per step          {flops / 1e9:8.2f} GFLOP (amp={cfg.amp}, batch {cfg.batch_size}, all kernels)")
+    print(f"FLOPs per step          {flops / 1e9:8.2f} GFLOP (amp={run.amp}, batch {cfg.batch_size}, all kernels)")
     print(f"median step             {step:8.3f} s over {args.steps} steps, {args.threads} threads")
     print(f"achieved                {achieved:8.1f} GFLOP/s")
     print(f"fp32 matmul 2048^3      {fp32:8.1f} GFLOP/s   -> step at {100 * achieved / fp32:5.1f}% of it")

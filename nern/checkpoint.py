@@ -7,7 +7,6 @@ PyTorch files are read with `torch.load(weights_only=True)` only.
 
 from __future__ import annotations
 
-import hashlib
 import io
 import os
 import pickle
@@ -27,18 +26,6 @@ MAX_EXPANSION_RATIO = 50.0
 MAX_UNCOMPRESSED_BYTES = 16 * 2**30
 
 _HOW_TO_SAVE = "save the weights only: torch.save(model.state_dict(), path)"
-
-
-def sha256_bytes(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
-
-
-def sha256_file(path: str | os.PathLike) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _is_safetensors(data: bytes) -> bool:
@@ -132,7 +119,3 @@ def load_state_dict(path: str | os.PathLike) -> StateDict:
     if not p.is_file():
         raise CheckpointError(f"checkpoint not found: {p}")
     return load_state_dict_bytes(p.read_bytes())
-
-
-def state_dict_bytes(state_dict: Mapping[str, torch.Tensor]) -> int:
-    return sum(t.numel() * t.element_size() for t in state_dict.values())

@@ -6,9 +6,11 @@
     nern reconstruct PACKAGE --checkpoint CHECKPOINT --out FILE.safetensors
     nern targets
 
-Service commands (serve, worker, keys, jobs) are registered by `api.cli`; the compression and
-importance commands by `nern.cli_compression`. Every user error prints one line on stderr and
-exits non-zero, and no output file is left behind.
+The compression and importance commands live in `nern.cli_compression`. Other packages add
+commands through the entry-point group `nern.commands` (a `register(subparsers)` function): the
+service registers serve, worker, keys, jobs and demo there, so the library names nothing of it.
+Every user error prints one line on stderr (`nern: error: ...`) and exits with status 2, and no
+output file is left behind.
 """
 
 from __future__ import annotations
@@ -16,13 +18,15 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import sys
+from importlib.metadata import entry_points
 from pathlib import Path
 
+from .cli_options import OneLineParser, add_model_flags, model_values
 from .config import FitConfig
 
 EXIT_USER_ERROR = 2
+COMMAND_GROUP = "nern.commands"  # entry points: register(subparsers) functions of other packages
 
 
 def _fail(msg: str) -> int:
@@ -32,49 +36,13 @@ def _fail(msg: str) -> int:
 
 # ---- fit --------------------------------------------------------------------------------
 
-FIT_FLAGS = {
-    # flag: (FitConfig field, type)
-    "--arch": ("arch", str),
-    "--steps": ("steps", int),
-    "--batch-size": ("batch_size", int),
-    "--kernel-batch-size": ("kernel_batch_size", int),
-    "--hidden": ("hidden", int),
-    "--layers": ("layers", int),
-    "--emb-levels": ("emb_levels", int),
-    "--emb-base": ("emb_base", float),
-    "--lr": ("lr", float),
-    "--w-rec": ("w_rec", float),
-    "--w-kd": ("w_kd", float),
-    "--w-fmd": ("w_fmd", float),
-    "--data": ("data", str),
-    "--eval-data": ("eval_data", str),
-    "--eval-limit": ("eval_limit", int),
-    "--seed": ("seed", int),
-    "--device": ("device", str),
-    "--threads": ("threads", int),
-    "--checkpoint-every": ("checkpoint_every", int),
-    "--ema-decay": ("ema_decay", float),
-}
-
-
 def add_fit_options(p: argparse.ArgumentParser) -> None:
-    """The training flags shared by `nern fit` and `nern jobs submit`."""
-    for flag, (field, typ) in FIT_FLAGS.items():
-        info = FitConfig.model_fields[field]
-        p.add_argument(flag, dest=field, type=typ, default=None,
-                       help=f"{info.description or field} (default: {info.default})")
-    p.add_argument("--permute", choices=["none", "infilter", "crossfilter"], default=None,
-                   help="kernel permutation smoothing (default: crossfilter)")
-    amp = p.add_mutually_exclusive_group()
-    amp.add_argument("--amp", action="store_true", default=None,
-                     help="bf16 autocast for the predictor (default: only where bf16 is native)")
-    amp.add_argument("--no-amp", dest="amp", action="store_false", help="fp32 predictor products")
+    """The training flags: one per FitConfig field (shared generator with `nern jobs submit`)."""
+    add_model_flags(p.add_argument_group("fit settings (FitConfig)"), FitConfig)
 
 
 def config_from_args(args: argparse.Namespace) -> FitConfig:
-    fields = [f for f, _ in FIT_FLAGS.values()] + ["permute", "amp"]
-    values = {f: getattr(args, f) for f in fields if getattr(args, f, None) is not None}
-    return FitConfig(**values)
+    return FitConfig(**model_values(args, FitConfig))
 
 
 def _progress_bar(total: int):
@@ -98,7 +66,8 @@ def _progress_bar(total: int):
 
 
 def cmd_fit(args: argparse.Namespace) -> int:
-    from .checkpoint import load_state_dict, sha256_file
+    from .checkpoint import load_state_dict
+    from .io import sha256_file
     from .package import save_package
     from .train import fit
 
@@ -131,7 +100,8 @@ def cmd_fit(args: argparse.Namespace) -> int:
 # ---- evaluate / reconstruct ---------------------------------------------------------------
 
 def _load_pair(args: argparse.Namespace):
-    from .checkpoint import load_state_dict, sha256_file
+    from .checkpoint import load_state_dict
+    from .io import sha256_file
     from .package import load_package
 
     package = load_package(args.package)
@@ -145,26 +115,13 @@ def _load_pair(args: argparse.Namespace):
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from .data import fixed_subset, load_images
-    from .evaluate import evaluate_weights, layer_errors
-    from .package import reconstruct
-    from .targets import create_target
-    from .train import NATIVE_IMAGE_SIZE
+    from .data import load_labelled
+    from .evaluate import evaluate_package
 
     package, sd = _load_pair(args)
-    rec = reconstruct(package, sd)
-    target = package.meta["target"]
-    model = create_target(target["arch"], **target["kwargs"])
-    model.load_state_dict(sd, strict=False)
-    images, labels = load_images(args.data, NATIVE_IMAGE_SIZE.get(target["arch"], 32))
-    if labels is None:
-        return _fail(f"--data {args.data} has no labels; evaluation needs a labelled .npz")
-    images, labels = fixed_subset(images, labels, args.limit)
-    predicted = {d["name"]: rec[d["name"]] for d in package.meta["layers"]}
-    metrics = evaluate_weights(model, predicted, images, labels)
-    metrics["relative_weight_error"] = layer_errors(predicted, sd, total=True)
-    metrics["layer_errors"] = layer_errors(predicted, sd)
-    metrics["arch"] = target["arch"]
+    data = load_labelled(args.data, package.image_size, args.limit)
+    metrics = evaluate_package(package, sd, data)
+    metrics["arch"] = package.arch
     if args.json:
         print(json.dumps(metrics, indent=2))
     else:
@@ -179,6 +136,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 def cmd_reconstruct(args: argparse.Namespace) -> int:
     from safetensors.torch import save_file
 
+    from .io import atomic_write
     from .package import reconstruct
 
     out = Path(args.out)
@@ -188,12 +146,7 @@ def cmd_reconstruct(args: argparse.Namespace) -> int:
         return _fail(f"--out: folder {out.parent} does not exist")
     package, sd = _load_pair(args)
     rec = reconstruct(package, sd)
-    tmp = out.with_name(out.name + f".tmp{os.getpid()}")
-    try:
-        save_file({k: v.contiguous() for k, v in rec.items()}, str(tmp))
-        os.replace(tmp, out)
-    finally:
-        tmp.unlink(missing_ok=True)
+    atomic_write(out, lambda tmp: save_file({k: v.contiguous() for k, v in rec.items()}, str(tmp)))
     print(f"wrote {out} ({out.stat().st_size} bytes, {len(rec)} tensors)")
     return 0
 
@@ -206,16 +159,10 @@ def cmd_targets(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_demo(args: argparse.Namespace) -> int:
-    from api.demo import run_demo
-
-    return run_demo(args.stop, steps=args.steps, port=args.port)
-
-
 # ---- entry point ---------------------------------------------------------------------------
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="nern", description="NeRN: neural representations of CNN weights")
+    parser = OneLineParser(prog="nern", description="NeRN: neural representations of CNN weights")
     parser.add_argument("-v", "--verbose", action="store_true")
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -244,19 +191,16 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("targets", help="list the registered architectures")
     p.set_defaults(func=cmd_targets)
 
-    p = sub.add_parser("demo", help="start the embedded service, fit the shipped ResNet20 through it, "
-                                    "print the accuracies")
-    p.add_argument("--steps", type=int, default=600, help="training steps (default 600: a few minutes)")
-    p.add_argument("--port", type=int, default=8000)
-    p.add_argument("--stop", action="store_true", help="stop the service afterwards instead of leaving it running")
-    p.set_defaults(func=cmd_demo)
+    from . import cli_compression
 
-    for module in ("nern.cli_compression", "api.cli"):
+    cli_compression.register(sub)
+    for entry in entry_points(group=COMMAND_GROUP):
         try:
-            mod = __import__(module, fromlist=["register"])
-        except ImportError:
+            register = entry.load()
+        except Exception as e:  # a broken plugin must not take the library's commands down with it
+            logging.getLogger("nern").warning("commands %r (%s) not loaded: %s", entry.name, entry.value, e)
             continue
-        mod.register(sub)
+        register(sub)
     return parser
 
 

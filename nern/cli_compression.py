@@ -56,11 +56,17 @@ def _output_dir(out: str | os.PathLike) -> Iterator[Path]:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def _eval_data(data: str, limit: int | None, arch: str):
-    from .config import FitConfig
-    from .train import NATIVE_IMAGE_SIZE, load_eval_data
+def _eval_data(data: str, limit: int | None, package):
+    from .data import load_labelled
 
-    return load_eval_data(FitConfig(eval_data=data, eval_limit=limit), NATIVE_IMAGE_SIZE.get(arch, 32))
+    return load_labelled(data, package.image_size, limit)
+
+
+def _bar(total: int | None, desc: str, unit: str):
+    """A progress bar on a terminal (none when stderr is not one)."""
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=desc, unit=unit, dynamic_ncols=True, disable=None)
 
 
 def _check_out_file(out: Path) -> None:
@@ -74,7 +80,6 @@ def _check_out_file(out: Path) -> None:
 
 def cmd_importance(args: argparse.Namespace) -> int:
     from .cli import _load_pair
-    from .compress import target_model
     from .evaluate import top1
     from .importance import PRUNING_METHODS, importance_maps, pruning_curve, pruning_table
     from .plots import importance_heatmap, pruning_curve_figure
@@ -83,8 +88,8 @@ def cmd_importance(args: argparse.Namespace) -> int:
     if unknown:
         raise ConfigError(f"unknown pruning method {unknown[0]!r} (use {', '.join(PRUNING_METHODS)})")
     package, sd = _load_pair(args)
-    model = target_model(package, sd)
-    images, labels = _eval_data(args.data, args.limit, package.meta["target"]["arch"])
+    model = package.original_network(sd)
+    images, labels = _eval_data(args.data, args.limit, package)
     maps = importance_maps(package, sd)
     with _output_dir(args.out) as tmp:
         maps.save(tmp)
@@ -93,8 +98,9 @@ def cmd_importance(args: argparse.Namespace) -> int:
         for i, name in enumerate(maps.layers):
             importance_heatmap(maps.kernel_error[name], heat / f"{i:02d}_{name.removesuffix('.weight')}.png",
                                name.removesuffix(".weight"))
-        rows = pruning_curve(model, sd, maps, images, labels, fractions=args.fractions,
-                             methods=args.methods, seed=args.seed)
+        with _bar(len(args.fractions), "pruning curve", "fraction") as bar:
+            rows = pruning_curve(model, sd, maps, images, labels, fractions=args.fractions,
+                                 methods=args.methods, seed=args.seed, on_row=lambda _row: bar.update())
         pruning_curve_figure(rows, tmp / "pruning_curve.png")
         result = {"eval_images": int(labels.shape[0]), "original_top1": top1(model, None, images, labels),
                   "curve": rows, "layers": maps.summary()}
@@ -122,21 +128,19 @@ def cmd_compress(args: argparse.Namespace) -> int:
         raise ConfigError("--data needs --checkpoint to evaluate the reconstruction")
     package = load_package(args.package)
     sd = load_state_dict(args.checkpoint) if args.checkpoint else None
-    small, report = compress_package(
-        package, prune=args.prune, quantize=args.quantize, finetune_steps=args.finetune_steps,
-        original_state_dict=sd, finetune_lr=args.finetune_lr, sparse=False if args.dense else None,
-        threads=args.threads,
-    )
+    with _bar(args.finetune_steps, "fine-tuning", "step") as bar:
+        small, report = compress_package(
+            package, prune=args.prune, quantize=args.quantize, finetune_steps=args.finetune_steps,
+            original_state_dict=sd, finetune_lr=args.finetune_lr, sparse=False if args.dense else None,
+            threads=args.threads, on_step=lambda _step, _losses: bar.update(),
+        )
     if args.data:
-        from .compress import target_model
-        from .evaluate import top1
-        from .package import predict_weights
+        from .evaluate import evaluate_package
 
-        model = target_model(package, sd)
-        images, labels = _eval_data(args.data, args.limit, package.meta["target"]["arch"])
-        report["top1_before"] = top1(model, predict_weights(package), images, labels)
-        report["top1_after"] = top1(model, predict_weights(small), images, labels)
-        report["eval_images"] = int(labels.shape[0])
+        data = _eval_data(args.data, args.limit, package)
+        report["top1_before"] = evaluate_package(package, sd, data)["reconstructed_top1"]
+        report["top1_after"] = evaluate_package(small, sd, data)["reconstructed_top1"]
+        report["eval_images"] = int(data[1].shape[0])
     size = save_package(small, out)
     if args.json:
         print(json.dumps(report, indent=2))
@@ -161,10 +165,12 @@ def cmd_compress_sweep(args: argparse.Namespace) -> int:
     from .plots import sweep_figure
 
     package, sd = _load_pair(args)
-    images, labels = _eval_data(args.data, args.limit, package.meta["target"]["arch"])
+    images, labels = _eval_data(args.data, args.limit, package)
     with _output_dir(args.out) as tmp:
-        sweep = compression_sweep(package, sd, images, labels, fractions=args.fractions, dtypes=args.dtypes,
-                                  finetune_steps=args.finetune_steps, threads=args.threads)
+        with _bar(None, "compression sweep", "row") as bar:
+            sweep = compression_sweep(package, sd, images, labels, fractions=args.fractions, dtypes=args.dtypes,
+                                      finetune_steps=args.finetune_steps, threads=args.threads,
+                                      on_row=lambda _row: bar.update())
         table = sweep_table(sweep)
         (tmp / "sweep.json").write_text(json.dumps(sweep, indent=2))
         (tmp / "sweep.md").write_text(table + "\n")

@@ -4,8 +4,9 @@
     save_package(small, "resnet20.small.nern")
 
 Steps, in order: global magnitude pruning of the predictor's weight matrices (biases are
-kept), optional fine-tuning of the pruned predictor (`nern.train.NernRun` with a mask applied
-after every optimiser step, so pruned weights stay zero), quantisation (fp16, or int8 with one
+kept), optional fine-tuning of the pruned predictor (`nern.train.NernRun` driven by the one
+training loop, with a callback that re-applies the mask after every optimiser step, so pruned
+weights stay zero), quantisation (fp16, or int8 with one
 scale per output row), and storage: a pruned matrix is written as its non-zero values plus a
 bitmask whenever that is smaller (`nern.package.encode_predictor_state`), so the file shrinks.
 
@@ -23,10 +24,10 @@ import logging
 from collections.abc import Callable, Mapping, Sequence
 
 import torch
-from torch import nn
 
+from .callbacks import EachStep
 from .config import FitConfig
-from .errors import ConfigError, NernError, PackageError
+from .errors import ConfigError, PackageError
 from .evaluate import top1
 from .optim import make_optimizer
 from .package import (
@@ -38,8 +39,8 @@ from .package import (
     predict_weights,
     quantize_int8,
 )
-from .targets import load_target
 from .train import NernRun
+from .trainer import Callback, Trainer
 
 log = logging.getLogger(__name__)
 
@@ -89,7 +90,7 @@ def prune_predictor(state: Mapping[str, torch.Tensor], fraction: float
 # ---- fine-tuning after pruning ----------------------------------------------------------------
 
 def _check_layers(run: NernRun, package: Package) -> None:
-    mine = [(ly.name, ly.shape) for ly in run.layout.layers]
+    mine = [(ly.name, ly.shape) for ly in run.model.layout.layers]
     if mine != [(ly.name, ly.shape) for ly in package.layers()]:
         raise PackageError("the checkpoint's conv layers do not match the package's modeled layers")
 
@@ -125,10 +126,30 @@ def finetune_run(
     run = NernRun(dict(original_state_dict), cfg, package.meta.get("source_sha256"),
                   permutations=package.permutations())
     _check_layers(run, package)
-    run.predictor.load_state_dict({k: v.float() for k, v in state.items()}, strict=True)
+    run.model.predictor.load_state_dict({k: v.float() for k, v in state.items()}, strict=True)
     # a fresh optimiser for the loaded weights (Lookahead snapshots its slow weights at creation)
-    run.optimizer = make_optimizer(run.predictor.parameters(), cfg.optimizer, cfg.lr, cfg.betas, cfg.weight_decay)
+    run.optimizer = make_optimizer(run.model.predictor.parameters(), cfg.optimizer, cfg.lr, cfg.betas,
+                                   cfg.weight_decay)
     return run
+
+
+class KeepPruned(Callback):
+    """Zero the pruned weights (keep-masks) at the start and after every optimiser step."""
+
+    def __init__(self, module: torch.nn.Module, masks: Mapping[str, torch.Tensor]):
+        params = dict(module.named_parameters())
+        self._pairs = [(params[n], m.to(params[n].device, params[n].dtype)) for n, m in masks.items()]
+
+    def apply(self) -> None:
+        with torch.no_grad():
+            for p, m in self._pairs:
+                p.mul_(m)
+
+    def on_train_start(self, trainer: Trainer) -> None:
+        self.apply()
+
+    def on_step_end(self, trainer: Trainer, losses: dict[str, float]) -> None:
+        self.apply()
 
 
 def fine_tune(
@@ -145,21 +166,11 @@ def fine_tune(
     """Train the pruned predictor `state` for `steps` steps (see `finetune_run`), zeroing the
     masked-out weights after every optimiser step so they stay pruned. Returns the float32 state."""
     run = finetune_run(package, original_state_dict, state, steps, lr=lr, threads=threads)
-    params = dict(run.predictor.named_parameters())
-    keep = {n: m.to(run.device, params[n].dtype) for n, m in masks.items()}
-
-    def apply_masks() -> None:
-        with torch.no_grad():
-            for n, m in keep.items():
-                params[n].mul_(m)
-
-    apply_masks()
-    while run.step < steps:
-        losses = run.train_step()
-        apply_masks()
-        if on_step is not None:
-            on_step(run.step, losses)
-    return {k: v.detach().cpu().float().clone() for k, v in run.predictor.state_dict().items()}
+    callbacks: list[Callback] = [KeepPruned(run.model.predictor, masks)]
+    if on_step is not None:
+        callbacks.append(EachStep(on_step))
+    Trainer(run, steps, callbacks).run()
+    return {k: v.detach().cpu().float().clone() for k, v in run.model.predictor.state_dict().items()}
 
 
 # ---- the compressed package ------------------------------------------------------------------
@@ -215,18 +226,6 @@ def compress_package(
     return small, report
 
 
-# ---- scoring ----------------------------------------------------------------------------------
-
-def target_model(package: Package, original_state_dict: Mapping[str, torch.Tensor]) -> nn.Module:
-    """The package's architecture holding the original weights (strict load), in eval mode."""
-    target = package.meta["target"]
-    try:
-        model, _, _ = load_target(dict(original_state_dict), target["arch"], **target["kwargs"])
-    except NernError as e:
-        raise PackageError(f"the checkpoint does not belong to this package: {e}") from None
-    return model.eval()
-
-
 # ---- baselines on the original's conv weights ------------------------------------------------
 
 def _mask_bytes(weights: Mapping[str, torch.Tensor]) -> int:
@@ -279,6 +278,31 @@ def baseline_rows(weights: Mapping[str, torch.Tensor], budgets: Sequence[int]) -
 
 # ---- the sweep ----------------------------------------------------------------------------------
 
+def _nern_rows(package: Package, original_state_dict: Mapping[str, torch.Tensor], model: torch.nn.Module,
+               images_u8: torch.Tensor, labels: torch.Tensor, fractions: Sequence[float], dtypes: Sequence[str],
+               finetune_steps: int, threads: int | None, emit: Callable[[dict], dict]) -> list[dict]:
+    """One sweep row per (prune fraction × dtype) of the package's predictor."""
+    rows = []
+    base_state = {k: v.float() for k, v in package.predictor().state_dict().items()}
+    for fraction in fractions:
+        state, masks = prune_predictor(base_state, fraction)
+        ft = finetune_steps if fraction > 0 else 0
+        if ft:
+            log.info("fine-tuning prune=%.2f for %d steps", fraction, ft)
+            state = fine_tune(package, original_state_dict, state, masks, ft, threads=threads)
+        for dtype in dtypes:
+            small = package_with_predictor(package, state, dtype)
+            size = small.size_report()
+            acc = top1(model, predict_weights(small), images_u8, labels)
+            rows.append(emit({
+                "method": "nern", "setting": f"prune {fraction:.0%}, {dtype}" + (f", ft {ft}" if ft else ""),
+                "prune": fraction, "dtype": dtype, "finetune_steps": ft, "bytes": size["package_bytes"],
+                "predictor_bytes": size["predictor_bytes"], "permutation_bytes": size["permutation_bytes"],
+                "top1": acc,
+            }))
+    return rows
+
+
 def compression_sweep(
     package: Package,
     original_state_dict: Mapping[str, torch.Tensor],
@@ -299,7 +323,7 @@ def compression_sweep(
     baseline top-1 within the same bytes and whether NeRN beats it).
     """
     dtypes = [_dtype_of(d) for d in dtypes]
-    model = target_model(package, original_state_dict)
+    model = package.original_network(original_state_dict)
     names = [ly.name for ly in package.layers()]
     originals = {n: original_state_dict[n].float() for n in names}
 
@@ -308,24 +332,8 @@ def compression_sweep(
             on_row(row)
         return row
 
-    nern_rows = []
-    base_state = {k: v.float() for k, v in package.predictor().state_dict().items()}
-    for fraction in fractions:
-        state, masks = prune_predictor(base_state, fraction)
-        ft = finetune_steps if fraction > 0 else 0
-        if ft:
-            log.info("fine-tuning prune=%.2f for %d steps", fraction, ft)
-            state = fine_tune(package, original_state_dict, state, masks, ft, threads=threads)
-        for dtype in dtypes:
-            small = package_with_predictor(package, state, dtype)
-            size = small.size_report()
-            acc = top1(model, predict_weights(small), images_u8, labels)
-            nern_rows.append(emit({
-                "method": "nern", "setting": f"prune {fraction:.0%}, {dtype}" + (f", ft {ft}" if ft else ""),
-                "prune": fraction, "dtype": dtype, "finetune_steps": ft, "bytes": size["package_bytes"],
-                "predictor_bytes": size["predictor_bytes"], "permutation_bytes": size["permutation_bytes"],
-                "top1": acc,
-            }))
+    nern_rows = _nern_rows(package, original_state_dict, model, images_u8, labels, fractions, dtypes,
+                           finetune_steps, threads, emit)
 
     base_rows = []
     for row in baseline_rows(originals, [r["bytes"] for r in nern_rows]):
@@ -371,5 +379,4 @@ def sweep_table(sweep: dict) -> str:
 __all__ = [
     "baseline_rows", "compress_package", "compression_sweep", "fine_tune", "finetune_run", "global_magnitude_masks",
     "int8_weights", "lowest_masks", "package_with_predictor", "prune_predictor", "sweep_table",
-    "target_model", "top1",
 ]

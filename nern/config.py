@@ -74,7 +74,7 @@ class FitConfig(BaseModel):
     data: str = Field("cifar10", description="'cifar10' (shipped subset), 'noise', an .npz or an image folder")
     eval_data: str | None = Field(None, description="labelled .npz for evaluation; None = none")
     eval_every: int = Field(0, ge=0, description="evaluate every N steps; 0 = only at the end")
-    eval_limit: int | None = Field(None, ge=1, description="evaluate on the first N images only")
+    eval_limit: int | None = Field(None, ge=1, description="evaluate on a fixed random subset of N images (the files may be class-major)")
     image_size: int | None = Field(None, ge=8, le=1024, description="None = the target's native size")
     augment: bool = True
 

@@ -113,6 +113,15 @@ def fixed_subset(images: torch.Tensor, labels: torch.Tensor, limit: int | None,
     return images[keep], labels[keep]
 
 
+def load_labelled(source: str, image_size: int, limit: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Labelled evaluation images (uint8 [N, 3, H, W]) and labels, the fixed random subset of
+    `limit` images when given (see `fixed_subset`)."""
+    images, labels = load_images(source, image_size)
+    if labels is None:
+        raise DataError(f"{source!r} has no labels; evaluation needs a labelled .npz")
+    return fixed_subset(images, labels, limit)
+
+
 def normalize(images_u8: torch.Tensor) -> torch.Tensor:
     return (images_u8.float() / 255.0 - MEAN.to(images_u8.device)) / STD.to(images_u8.device)
 

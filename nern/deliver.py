@@ -22,13 +22,15 @@ from dataclasses import dataclass
 
 import torch
 
-from .compress import compress_package, target_model
+from .callbacks import Progress
+from .compress import compress_package
 from .config import CompressConfig, FitConfig
+from .data import load_labelled
 from .errors import CancelledError
-from .evaluate import evaluate_weights, layer_errors
+from .evaluate import evaluate_package
 from .importance import ImportanceMaps, importance_maps
-from .package import Package, predict_weights, reconstruct
-from .train import NATIVE_IMAGE_SIZE, FitResult, Progress, load_eval_data, resolve_device
+from .package import Package, reconstruct
+from .train import FitResult, resolve_device
 
 # fit's summary keys that describe the predictor (not the original network or the run); its
 # package's size is the compression report's `source_package_bytes`
@@ -92,20 +94,11 @@ def deliver(
 
 def _describe_package(package: Package, state_dict: Mapping[str, torch.Tensor], config: FitConfig) -> dict:
     """Weight errors, size and (with eval data) accuracy of `package`, as fit reports them."""
-    predicted = predict_weights(package)
-    originals = {n: state_dict[n] for n in predicted}
-    out = {
-        "relative_weight_error": layer_errors(predicted, originals, total=True),
-        "layer_errors": layer_errors(predicted, originals),
-        "package_bytes": package.size_report()["package_bytes"],
-    }
-    target = package.meta["target"]
-    eval_data = load_eval_data(config, config.image_size or NATIVE_IMAGE_SIZE.get(target["arch"], 32))
-    if eval_data is not None:
-        device = resolve_device(config.device)
-        model = target_model(package, state_dict).to(device)
-        out.update(evaluate_weights(model, {k: v.to(device) for k, v in predicted.items()}, *eval_data,
-                                    device=device))
+    data = None
+    if config.eval_data:
+        data = load_labelled(config.eval_data, config.image_size or package.image_size, config.eval_limit)
+    out = evaluate_package(package, state_dict, data, device=resolve_device(config.device))
+    out["package_bytes"] = package.size_report()["package_bytes"]
     return out
 
 

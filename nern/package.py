@@ -26,25 +26,25 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
+from torch import nn
 
 from . import __version__
-from .embedding import embed_coordinates
-from .errors import PackageError
+from .config import FitConfig
+from .errors import NernError, PackageError
+from .io import atomic_write_bytes
+from .model import NernModel
 from .permute import LayerPermutation, index_range, pack_indices, unpack_indices
 from .predictor import KernelPredictor
 from .reconstruct import KernelLayout, ModeledLayer
-from .targets import check_state_dict, create_target
-
-if TYPE_CHECKING:
-    from .train import NernRun
+from .targets import TargetNetwork, image_size_of, load_target
 
 FORMAT = "nern-package"
 FORMAT_VERSION = 1  # plain float predictor (what `build_package` writes)
@@ -83,6 +83,34 @@ class Package:
         layers = self.layers()
         return KernelLayout(layers, None if perms is None else [perms[ly.name].path() for ly in layers])
 
+    def model(self) -> NernModel:
+        """The NeRN model this package stores (float32 predictor, eval mode, on the CPU)."""
+        emb = self.meta["embedding"]
+        return NernModel(self.predictor(), self.layout(), self.tensors["layer_scale"], emb["levels"],
+                         emb["base"], self.permutations()).eval()
+
+    @property
+    def arch(self) -> str:
+        return self.meta["target"]["arch"]
+
+    @property
+    def image_size(self) -> int:
+        """The input size the package's network takes (its fit's image_size, else the arch's)."""
+        return (self.meta.get("config") or {}).get("image_size") or image_size_of(self.arch)
+
+    def original_network(self, state_dict: Mapping[str, torch.Tensor]) -> nn.Module:
+        """The package's architecture holding `state_dict` (strict), in eval mode: the one way to
+        rebuild the original network; PackageError when the weights do not fit the package."""
+        target = self.meta["target"]
+        try:
+            model, _, _ = load_target(dict(state_dict), target["arch"], **target["kwargs"])
+        except NernError as e:
+            raise PackageError(f"the checkpoint does not belong to this package: {e}") from None
+        for name, shape in ((d["name"], tuple(d["shape"])) for d in self.meta["layers"]):
+            if name not in state_dict or tuple(state_dict[name].shape) != shape:
+                raise PackageError(f"the checkpoint's {name!r} does not match the package's layer")
+        return model.eval()
+
     def predictor(self) -> KernelPredictor:
         p = self.meta["predictor"]
         model = KernelPredictor(p["in_dim"], p["hidden"], p["layers"], p["kernel_size"])
@@ -118,44 +146,45 @@ class Package:
         return st_save(self.tensors, metadata={"nern": json.dumps(self.meta, sort_keys=True)})
 
 
-def build_package(run: NernRun, summary: dict) -> Package:
-    """Assemble the package of a finished (or interrupted) run."""
-    tensors = {f"predictor.{k}": v.detach().cpu().contiguous() for k, v in run.predictor_state().items()}
-    tensors["layer_scale"] = run.layer_scale.detach().cpu().float()
+def build_package(model: NernModel, target: TargetNetwork, config: FitConfig, *,
+                  source_sha256: str | None, summary: dict) -> Package:
+    """The package of a NeRN model fitted to `target` with `config` (the model's current
+    predictor parameters: apply a parameter average first to package it)."""
+    # cloned: the parameters may be a parameter average swapped in only for this call
+    tensors = {f"predictor.{k}": v.detach().cpu().clone() for k, v in model.predictor.state_dict().items()}
+    tensors["layer_scale"] = model.layer_scale.detach().cpu().float()
     perm_meta = None
-    if run.permutations is not None:
+    if model.permutations is not None:
         arrays_meta: dict[str, dict] = {}
-        for name, perm in run.permutations.items():
+        for name, perm in model.permutations.items():
             arrays_meta[name] = {}
             for aname, arr in perm.arrays.items():
                 n = index_range(aname, arr)
                 packed = pack_indices(arr, n)
                 tensors[f"perm.{name}.{aname}"] = torch.frombuffer(bytearray(packed), dtype=torch.uint8)
                 arrays_meta[name][aname] = {"n": n, "shape": list(arr.shape)}
-        perm_meta = {"kind": run.config.permute, "arrays": arrays_meta}
-    modeled = set(run.layout.names)
-    unmodeled = {k: v for k, v in run.original.items() if k not in modeled}
-    cfg = run.config
+        perm_meta = {"kind": next(iter(model.permutations.values())).kind, "arrays": arrays_meta}
+    unmodeled = target.unmodeled(set(model.layout.names))
     meta = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
         "library_version": __version__,
-        "target": {"arch": run.arch, "kwargs": run.arch_kwargs},
+        "target": {"arch": target.arch, "kwargs": target.kwargs},
         "predictor": {
-            "in_dim": run.embedding.shape[1],
-            "hidden": cfg.hidden,
-            "layers": cfg.layers,
-            "kernel_size": run.layout.k_max,
+            "in_dim": model.embedding.shape[1],
+            "hidden": config.hidden,
+            "layers": config.layers,
+            "kernel_size": model.layout.k_max,
         },
-        "embedding": {"levels": cfg.emb_levels, "base": cfg.emb_base},
-        "layers": [{"name": ly.name, "shape": list(ly.shape)} for ly in run.layout.layers],
+        "embedding": {"levels": model.emb_levels, "base": model.emb_base},
+        "layers": [{"name": ly.name, "shape": list(ly.shape)} for ly in model.layout.layers],
         "permutation": perm_meta,
-        "source_sha256": run.source_sha256,
+        "source_sha256": source_sha256,
         "unmodeled": {
             "names": sorted(unmodeled),
             "bytes": sum(t.numel() * t.element_size() for t in unmodeled.values()),
         },
-        "config": cfg.model_dump(mode="json"),
+        "config": config.model_dump(mode="json"),
         "summary": summary,
     }
     return Package(meta=meta, tensors=tensors)
@@ -249,12 +278,8 @@ def decode_predictor_state(tensors: dict[str, torch.Tensor], encoding: dict) -> 
 def save_package(package: Package, path: str | os.PathLike) -> int:
     """Write atomically; returns the file's size in bytes."""
     path = Path(path)
-    data = package.to_bytes()
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
-    return len(data)
+    return atomic_write_bytes(path, package.to_bytes())
 
 
 def load_package_bytes(data: bytes) -> Package:
@@ -282,27 +307,15 @@ def load_package(path: str | os.PathLike) -> Package:
     return load_package_bytes(p.read_bytes())
 
 
-@torch.no_grad()
 def predict_weights(package: Package) -> dict[str, torch.Tensor]:
     """Regenerate every modeled kernel of the package, in the original layout."""
-    layout = package.layout()
-    emb = embed_coordinates(layout.coords, package.meta["embedding"]["levels"], package.meta["embedding"]["base"])
-    scale = package.tensors["layer_scale"][layout.layer_of_row].unsqueeze(1)
-    rows = package.predictor()(emb) * scale
-    return layout.to_weights(rows)
+    return package.model().weights()
 
 
-def reconstruct(package: Package, original_state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+def reconstruct(package: Package, original_state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """The original state_dict with every modeled kernel replaced by the predictor's."""
-    target = package.meta["target"]
-    model = create_target(target["arch"], **target["kwargs"])
-    try:
-        check_state_dict(model, original_state_dict, target["arch"])
-    except Exception as e:
-        raise PackageError(f"the checkpoint does not belong to this package: {e}") from None
+    package.original_network(original_state_dict)  # refuses weights that are not the package's
     out = {k: v.clone() for k, v in original_state_dict.items()}
     for name, w in predict_weights(package).items():
-        if name not in out or tuple(out[name].shape) != tuple(w.shape):
-            raise PackageError(f"the checkpoint's {name!r} does not match the package's layer")
         out[name] = w.to(out[name].dtype).contiguous()
     return out

@@ -249,10 +249,6 @@ class LayerPermutation:
             return self.arrays["path"]
         return infilter_path(self.arrays["filter_order"], self.arrays["channel_orders"])
 
-    def index_bits(self) -> int:
-        """Storage cost at ⌈log2 n⌉ bits per index."""
-        return sum(a.size * bits_for(index_range(name, a)) for name, a in self.arrays.items())
-
 
 def index_range(name: str, array: np.ndarray) -> int:
     """The number of distinct values an index array may take (its n in ⌈log2 n⌉)."""

@@ -27,6 +27,3 @@ class KernelPredictor(nn.Module):
         """[N, in_dim] → [N, k·k] (flattened kernels)."""
         return self.net(embedding)
 
-
-def count_parameters(module: nn.Module) -> int:
-    return sum(p.numel() for p in module.parameters())

@@ -29,6 +29,7 @@ class TargetSpec:
     # Names of the modules whose outputs feed feature-map distillation (NERN.md §3).
     feature_maps: Callable[[nn.Module], list[str]]
     default_kwargs: dict = field(default_factory=dict)
+    image_size: int = 32  # the input size the network was trained at (distillation and evaluation)
 
 
 def _cifar_feature_maps(model: nn.Module) -> list[str]:
@@ -82,6 +83,7 @@ for _name in ("resnet18", "resnet34", "resnet50"):
                 weights=None, num_classes=num_classes
             ))(_name),
             feature_maps=_torchvision_feature_maps,
+            image_size=224,
         )
     )
 
@@ -103,6 +105,12 @@ def create_target(name: str, **kwargs) -> nn.Module:
     """Build a registered network (random init) by name; kwargs e.g. num_classes."""
     model = get_target_spec(name).build(**kwargs)
     return model.eval()
+
+
+def image_size_of(name: str | None) -> int:
+    """The native input size of a registered architecture (32 for unknown names)."""
+    spec = _REGISTRY.get(name) if name is not None else None
+    return spec.image_size if spec is not None else 32
 
 
 def feature_map_modules(name: str | None, model: nn.Module) -> list[str]:
@@ -178,3 +186,31 @@ def load_target(
     check_state_dict(model, state_dict, arch)
     model.load_state_dict(dict(state_dict), strict=False)
     return model.eval(), arch, kwargs
+
+
+@dataclass
+class TargetNetwork:
+    """A pretrained network ready to be modeled: the module (eval mode, frozen, holding the
+    original weights), its registered name and build kwargs, and the original state_dict."""
+
+    module: nn.Module
+    arch: str
+    kwargs: dict
+    weights: dict[str, torch.Tensor]
+
+    @classmethod
+    def load(cls, state_dict: Mapping[str, torch.Tensor], arch: str | None = None,
+             num_classes: int | None = None) -> TargetNetwork:
+        kwargs = {"num_classes": num_classes} if num_classes else {}
+        module, arch, kwargs = load_target(state_dict, arch, **kwargs)
+        for p in module.parameters():
+            p.requires_grad_(False)
+        return cls(module, arch, kwargs, {k: v.detach().clone() for k, v in state_dict.items()})
+
+    @property
+    def image_size(self) -> int:
+        return image_size_of(self.arch)
+
+    def unmodeled(self, modeled: set[str]) -> dict[str, torch.Tensor]:
+        """The tensors a package does not store: copied from the original at reconstruction."""
+        return {k: v for k, v in self.weights.items() if k not in modeled}

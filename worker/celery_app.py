@@ -16,8 +16,8 @@ import os
 import signal
 import threading
 
-from celery import Celery
-from celery.signals import worker_process_init, worker_ready, worker_shutdown, worker_shutting_down
+from celery import Celery, signals
+from celery.signals import worker_process_init, worker_shutting_down
 from kombu import Queue
 
 from api.jobstore.settings import Settings, get_settings
@@ -74,6 +74,11 @@ def _init_pool_process(**_kw) -> None:
 
         index = getattr(current_process(), "index", 0) or 0
         os.environ["CUDA_VISIBLE_DEVICES"] = gpu_for_process(index, gpus, get_settings().jobs_per_gpu)
+    # Jobs run in the pool processes: each reports its own heartbeat and GPU memory (after the
+    # GPU is pinned above, so the beacon sees only this process's device).
+    from .beacon import Beacon
+
+    Beacon(get_settings(), os.environ.get("NERN_WORKER_QUEUES", "")).start()
 
 
 def drain_on_sigterm() -> None:
@@ -84,51 +89,6 @@ def drain_on_sigterm() -> None:
     try:
         signal.signal(signal.SIGTERM, lambda *_: draining.set())
     except ValueError:  # not the main thread (a threads pool): the lease still guards the job
-        pass
-
-
-_presence_stop = threading.Event()
-
-
-def _presence_name() -> str:
-    import socket
-
-    return f"{socket.gethostname()}:{os.getpid()}"
-
-
-@worker_ready.connect
-def _announce(**_kw) -> None:
-    """The worker's main process records itself and its queues every heartbeat, so the API can
-    tell jobs that no live worker can take (waiting_reason, nern_jobs_unservable)."""
-    from api.jobstore import crud
-    from api.jobstore.db import session_scope
-
-    settings = get_settings()
-    queues = os.environ.get("NERN_WORKER_QUEUES", "cpu")
-
-    def beat() -> None:
-        while True:
-            try:
-                with session_scope(settings.database_url) as session:
-                    crud.worker_seen(session, _presence_name(), queues)
-            except Exception:  # the database is away: the next beat tries again
-                pass
-            if _presence_stop.wait(settings.heartbeat_seconds):
-                return
-
-    threading.Thread(target=beat, name="nern-presence", daemon=True).start()
-
-
-@worker_shutdown.connect
-def _retire(**_kw) -> None:
-    from api.jobstore import crud
-    from api.jobstore.db import session_scope
-
-    _presence_stop.set()
-    try:
-        with session_scope(get_settings().database_url) as session:
-            crud.worker_gone(session, _presence_name())
-    except Exception:
         pass
 
 
@@ -156,3 +116,11 @@ def _children(pid: int) -> list[int]:
             if int(fields[1]) == pid:
                 out.append(int(entry))
     return out
+
+
+@signals.setup_logging.connect
+def _json_logs(loglevel: int | str = "INFO", **_: object) -> None:
+    # Connected, so Celery leaves logging to us: JSON lines with the job id (api/logs.py).
+    from api.logs import configure
+
+    configure(loglevel or "INFO")

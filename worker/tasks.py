@@ -19,7 +19,7 @@ from typing import Any
 
 from sqlalchemy.exc import InterfaceError, OperationalError
 
-from api.jobstore import crud
+from api.jobstore import crud, workers
 from api.jobstore.artifacts import ArtifactStore
 from api.jobstore.datasets import DataPartError, check_npz, resolve_data
 from api.jobstore.db import session_scope
@@ -27,7 +27,9 @@ from api.jobstore.models import Job
 from api.jobstore.settings import Settings, get_settings
 from api.jobstore.spec import JobSpec
 from api.jobstore.states import JobState, Stage
+from api.logs import job_id_var
 
+from .beacon import process_name
 from .celery_app import TASK_RUN_JOB, app, drain_on_sigterm, draining
 from .lease import Lease, retrying, worker_identity
 
@@ -47,9 +49,19 @@ def execute(job_id: str, settings: Settings) -> str:
     if draining.is_set():
         return "skipped"
     drain_on_sigterm()
+    token = job_id_var.set(job_id)  # every log line of this job carries its id
+    try:
+        return _execute(job_id, settings)
+    finally:
+        job_id_var.reset(token)
+
+
+def _execute(job_id: str, settings: Settings) -> str:
     owner = worker_identity()
     with session_scope(settings.database_url) as session:
         job = crud.claim_job(session, job_id, owner, settings.lease_seconds)
+        if job is not None:
+            workers.count_job(session, process_name())
     if job is None:
         log.info("job %s is not claimable (finished, cancelled, or held by a live worker)", job_id)
         return "skipped"
@@ -103,11 +115,17 @@ def _run(job: Job, settings: Settings, lease: Lease) -> tuple[JobState, str | No
                 lr=p.lr, elapsed_s=p.elapsed_s,
             )
 
+        def on_eval(step: int, train_seconds: float, metrics: dict) -> None:
+            numbers = {k: v for k, v in metrics.items() if isinstance(v, int | float) and math.isfinite(v)}
+            with session_scope(settings.database_url) as session:
+                crud.record_eval_point(session, job.id, lease.owner, attempt=lease.attempt, step=step,
+                                       train_seconds=train_seconds, metrics=numbers)
+
         work_dir = store.work_dir(job.id)
         work_dir.mkdir(parents=True, exist_ok=True)
         result = train.fit(
-            state_dict, config, work_dir=work_dir, on_progress=on_progress, should_stop=lease.should_stop,
-            source_sha256=job.checkpoint_sha256,
+            state_dict, config, work_dir=work_dir, on_progress=on_progress, on_eval=on_eval,
+            should_stop=lease.should_stop, source_sha256=job.checkpoint_sha256,
         )
         lease.report(Stage.compressing, step=config.steps, total_steps=config.steps)
         out = deliver(result, state_dict, config, spec.compress, on_progress=on_progress,

@@ -32,7 +32,8 @@ from sqlalchemy import (
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
-from .models import ApiKey, Artifact, Job, MetricPoint, Tenant, Worker
+from . import webhooks
+from .models import ApiKey, Artifact, Job, MetricPoint, Tenant
 from .states import RETRYABLE, TERMINAL, JobState, Stage, overall_progress
 
 KEY_PREFIX = "nern_"
@@ -202,7 +203,9 @@ def request_cancel(session: Session, job: Job) -> bool:
         .where(Job.id == job.id, Job.state == JobState.queued.value)
         .values(state=JobState.cancelled.value, cancel_requested=True, finished_at=now)
     )
-    if res.rowcount == 0:
+    if res.rowcount == 1:
+        webhooks.record_terminal(session, [(job.id, job.tenant_id)], JobState.cancelled.value)
+    else:
         res = session.execute(
             update(Job).where(Job.id == job.id, Job.state == JobState.running.value).values(cancel_requested=True)
         )
@@ -260,28 +263,37 @@ def expire_leases(session: Session, stall_seconds: float = 0.0) -> int:
     ).all()
     for job_id, started, limit in limited:
         if started + timedelta(seconds=limit) < now:
-            changed += session.execute(
+            ended = session.execute(
                 update(Job).where(Job.id == job_id, Job.state.in_(active))
                 .values(state=JobState.failed.value, lease_owner=None, finished_at=now,
                         error=f"the job ran past its time limit of {limit:g} s (spec.time_limit_s)")
-            ).rowcount
+                .returning(Job.id, Job.tenant_id)
+            ).all()
+            webhooks.record_terminal(session, ended, JobState.failed.value)
+            changed += len(ended)
     lapsed = and_(Job.state == JobState.running.value, Job.lease_expires_at < now)
     if stall_seconds > 0:
         stalled = and_(Job.state == JobState.running.value, Job.step_at < now - timedelta(seconds=stall_seconds))
-        changed += session.execute(
+        ended = session.execute(
             update(Job)
             .where(stalled, Job.attempts >= Job.max_attempts, Job.cancel_requested.is_(False))
             .values(state=JobState.failed.value, lease_owner=None, finished_at=now,
                     error=f"the job's step did not advance for {stall_seconds:g} s on every attempt "
                     "(watchdog); gave up after the last attempt")
-        ).rowcount
+            .returning(Job.id, Job.tenant_id)
+        ).all()
+        webhooks.record_terminal(session, ended, JobState.failed.value)
+        changed += len(ended)
         lapsed = or_(lapsed, stalled)
-    changed += session.execute(
+    ended = session.execute(
         update(Job)
         .where(lapsed, Job.cancel_requested.is_(True))
         .values(state=JobState.cancelled.value, lease_owner=None, finished_at=now)
-    ).rowcount
-    changed += session.execute(
+        .returning(Job.id, Job.tenant_id)
+    ).all()
+    webhooks.record_terminal(session, ended, JobState.cancelled.value)
+    changed += len(ended)
+    ended = session.execute(
         update(Job)
         .where(lapsed, Job.attempts >= Job.max_attempts)
         .values(
@@ -289,7 +301,10 @@ def expire_leases(session: Session, stall_seconds: float = 0.0) -> int:
             error="the worker running this job stopped responding on every attempt "
             "(lease expired); gave up after the last attempt",
         )
-    ).rowcount
+        .returning(Job.id, Job.tenant_id)
+    ).all()
+    webhooks.record_terminal(session, ended, JobState.failed.value)
+    changed += len(ended)
     changed += session.execute(
         update(Job)
         .where(lapsed)
@@ -345,22 +360,14 @@ def tenant_usage(session: Session, tenant_id: int) -> tuple[int, int]:
     return int(active), int(inputs) + int(outputs)
 
 
-def worker_seen(session: Session, name: str, queues: str) -> None:
-    """A worker's heartbeat: it lives and serves `queues` (comma-separated)."""
-    now = db_now(session)
-    if session.execute(update(Worker).where(Worker.name == name).values(queues=queues, seen_at=now)).rowcount == 0:
-        session.add(Worker(name=name, queues=queues, seen_at=now))
-
-
-def worker_gone(session: Session, name: str) -> None:
-    session.execute(delete(Worker).where(Worker.name == name))
-
-
 def queue_workers(session: Session, within_seconds: float) -> dict[str, int]:
-    """Live workers per queue (seen within `within_seconds`); queues without any are absent."""
+    """Live worker processes per queue (heartbeat within `within_seconds`, `api.jobstore.workers`);
+    queues without any are absent."""
+    from .workers import Worker
+
     cutoff = db_now(session) - timedelta(seconds=within_seconds)
     out: dict[str, int] = {}
-    for queues in session.scalars(select(Worker.queues).where(Worker.seen_at >= cutoff)):
+    for queues in session.scalars(select(Worker.queues).where(Worker.heartbeat_at >= cutoff)):
         for q in queues.split(","):
             out[q] = out.get(q, 0) + 1
     return out
@@ -499,6 +506,17 @@ def record_progress(
     return True
 
 
+def record_eval_point(session: Session, job_id: str, owner: str, *, attempt: int, step: int,
+                      train_seconds: float, metrics: dict[str, float]) -> bool:
+    """One evaluation during or after training (top-1, agreement, ...) as a metric point with stage
+    'evaluating' and `elapsed_s` = training seconds. The job's own stage is left alone."""
+    if not session.scalar(select(Job.id).where(Job.id == job_id, Job.lease_owner == owner)):
+        return False
+    session.add(MetricPoint(job_id=job_id, attempt=attempt, stage="evaluating", step=step, lr=None,
+                            elapsed_s=train_seconds, losses={k: float(v) for k, v in metrics.items()}))
+    return True
+
+
 def finish_job(
     session: Session,
     job_id: str,
@@ -517,9 +535,11 @@ def finish_job(
             state=JobState.succeeded.value, stage=Stage.done.value, progress=1.0, eta_seconds=0.0, finished_at=now,
             summary=summary, resumed_from_step=resumed_from_step, lease_owner=None, lease_expires_at=None,
         )
-    )
-    if res.rowcount != 1:
+        .returning(Job.id, Job.tenant_id)
+    ).all()
+    if len(res) != 1:
         return False
+    webhooks.record_terminal(session, res, JobState.succeeded.value)
     for a in list_artifacts(session, job_id):
         session.delete(a)
     session.flush()
@@ -534,5 +554,7 @@ def end_job(session: Session, job_id: str, owner: str, state: JobState, error: s
         update(Job)
         .where(Job.id == job_id, Job.lease_owner == owner, Job.state == JobState.running.value)
         .values(state=state.value, error=error, finished_at=utcnow(), lease_owner=None, lease_expires_at=None)
-    )
-    return res.rowcount == 1
+        .returning(Job.id, Job.tenant_id)
+    ).all()
+    webhooks.record_terminal(session, res, state.value)
+    return len(res) == 1

@@ -121,16 +121,6 @@ class MetricPoint(Base):
     losses: Mapped[dict[str, float]] = mapped_column(JSON)
 
 
-class Worker(Base):
-    """A live `nern worker` (its main process) and the queues it serves; renewed every heartbeat."""
-
-    __tablename__ = "workers"
-
-    name: Mapped[str] = mapped_column(String(200), primary_key=True)
-    queues: Mapped[str] = mapped_column(String(100))
-    seen_at: Mapped[datetime] = mapped_column(UTCDateTime())
-
-
 class Artifact(Base):
     __tablename__ = "artifacts"
 

@@ -73,6 +73,14 @@ class Settings(BaseSettings):
         0.25, ge=0, le=5, description="GET /jobs/{id} bodies served from memory this long (0 = off)"
     )
 
+    # webhooks (api/notify.py)
+    webhook_allow_private: bool = Field(
+        False, description="allow webhook URLs on loopback, private and link-local addresses"
+    )
+    webhook_max_attempts: int = Field(6, ge=1, le=20, description="tries per delivery before it is failed")
+    webhook_backoff_seconds: float = Field(2.0, gt=0, description="first retry delay; doubles on each retry")
+    webhook_timeout_seconds: float = Field(5.0, gt=0, description="per attempt: connect and read timeout")
+
     @model_validator(mode="after")
     def _fill_defaults(self) -> Settings:
         self.home = self.home.expanduser().resolve()

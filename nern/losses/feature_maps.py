@@ -15,16 +15,42 @@ from torch import nn
 NORM_EPS = 1e-3
 
 
+class _NormalizedDistance(torch.autograd.Function):
+    """Per sample (rows of s, t): ‖s/(‖s‖+ε) − t/(‖t‖+ε)‖², with t a constant (the teacher).
+
+    Written as cs²·‖s − κt‖² with cs = 1/(‖s‖+ε), κ = (‖s‖+ε)/(‖t‖+ε): one pass builds the
+    difference, no normalised copies of either map are made, and the value has no cancellation
+    (it is the norm of a difference). The backward pass is the closed form
+        ∂/∂s = 2cs²·d − 2cs³·(sᵀd)/‖s‖ · s,   d = s − κt,
+    so the whole term costs a few passes over the student's map instead of a dozen autograd ops.
+    """
+
+    @staticmethod
+    def forward(ctx, s: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        ns = torch.linalg.vector_norm(s, dim=1, keepdim=True)
+        nt = torch.linalg.vector_norm(t, dim=1, keepdim=True)
+        cs = 1.0 / (ns + NORM_EPS)
+        d = torch.addcmul(s, t, -(ns + NORM_EPS) / (nt + NORM_EPS))
+        ctx.save_for_backward(s, d, ns, cs)
+        return (torch.linalg.vector_norm(d, dim=1) * cs.view(-1)).square()
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
+        s, d, ns, cs = ctx.saved_tensors
+        g = grad.unsqueeze(1)
+        s_dot_d = torch.bmm(s.unsqueeze(1), d.unsqueeze(2)).view(-1, 1)
+        coef_d = 2.0 * g * cs.square()
+        coef_s = -2.0 * g * s_dot_d * cs.pow(3) / ns.clamp_min(torch.finfo(ns.dtype).tiny)
+        return (d * coef_d).addcmul_(s, coef_s), None
+
+
 def feature_map_loss(student_maps: Sequence[torch.Tensor], teacher_maps: Sequence[torch.Tensor]) -> torch.Tensor:
     if len(student_maps) != len(teacher_maps):
         raise ValueError("student and teacher recorded different numbers of feature maps")
     total = student_maps[0].new_zeros(())
     for s, t in zip(student_maps, teacher_maps):
-        s = s.flatten(1)
-        t = t.flatten(1)
-        s = s / (s.norm(dim=1, keepdim=True) + NORM_EPS)
-        t = t / (t.norm(dim=1, keepdim=True) + NORM_EPS)
-        total = total + (s - t).square().sum(dim=1).mean()
+        b = s.shape[0]
+        total = total + _NormalizedDistance.apply(s.reshape(b, -1), t.detach().reshape(b, -1)).mean()
     return total
 
 

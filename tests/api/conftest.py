@@ -43,3 +43,16 @@ def service(request, tmp_path_factory) -> Service:
         dep.stop()
         if pg_name:
             drop_pg_database(pg_name)
+
+
+@pytest.fixture(scope="session")
+def live(tmp_path_factory) -> Service:
+    """One SQLite service for the dashboard, webhook and telemetry tests: webhooks may go to
+    loopback (the tests' receivers) and retry quickly."""
+    dep = Deployment(tmp_path_factory.mktemp("service-live"), webhook_allow_private=1, webhook_backoff_seconds=0.3)
+    try:
+        dep.start_api()
+        dep.start_worker("cpu")
+        yield Service(dep, dep.create_key("tenant-a"), dep.create_key("tenant-b"), "sqlite")
+    finally:
+        dep.stop()

@@ -21,13 +21,14 @@ def test_metrics_is_prometheus_text_counting_requests_and_jobs(service):
             c.get("/healthz")
         assert submit(c, {**_gpu_spec(), "name": "metrics-probe"}).status_code == 202
         text = c.get("/metrics").text
-    m = re.search(r'^nern_http_requests_total\{method="GET",route="/healthz",status="200"\} (\d+)$', text, re.M)
-    assert m and int(m.group(1)) >= 3
+    # prometheus-client writes sample values as floats ("3.0").
+    m = re.search(r'^nern_http_requests_total\{method="GET",route="/healthz",status="200"\} ([\d.]+)$', text, re.M)
+    assert m and float(m.group(1)) >= 3
     # Route templates, not raw paths, label the series.
     assert 'route="/jobs/{job_id}"' in text or 'route="/jobs"' in text
-    queued = re.search(r'^nern_jobs\{state="queued"\} (\d+)$', text, re.M)
-    assert queued and int(queued.group(1)) >= 1
-    assert re.search(r'^nern_http_request_duration_seconds_count\{method="GET",route="/healthz"\} \d+$', text, re.M)
+    queued = re.search(r'^nern_jobs\{state="queued"\} ([\d.]+)$', text, re.M)
+    assert queued and float(queued.group(1)) >= 1
+    assert re.search(r'^nern_http_request_duration_seconds_count\{method="GET",route="/healthz"\} [\d.]+$', text, re.M)
 
 
 def test_openapi_lists_the_job_routes(service):
@@ -38,11 +39,21 @@ def test_openapi_lists_the_job_routes(service):
         assert p in paths
 
 
-def test_dashboard_page_polls_the_json_api(service):
+def test_dashboard_pages_are_served_with_security_headers(service):
     with service.client(None) as c:
-        r = c.get("/dashboard")
-        assert r.status_code == 200 and r.headers["content-type"].startswith("text/html")
-        assert 'api("/jobs?' in r.text and "setInterval(refresh" in r.text
+        for path in ("/dashboard", "/dashboard/jobs/abc", "/dashboard/compare?ids=a,b",
+                     "/dashboard/static/jobs.js", "/dashboard/static/charts.js"):
+            r = c.get(path)
+            assert r.status_code == 200, path
+            csp = r.headers["content-security-policy"]
+            assert "frame-ancestors 'none'" in csp and "script-src 'self'" in csp and "unsafe-inline" not in csp
+            assert r.headers["x-content-type-options"] == "nosniff"
+        page = c.get("/dashboard").text
+        assert '<script src="/dashboard/static/jobs.js"></script>' in page and "<script>" not in page
+        js = c.get("/dashboard/static/jobs.js").text
+        assert 'api("/jobs?' in js and "setInterval(refresh" in js
+        assert c.get("/dashboard/static/../main.py").status_code == 404
+        assert c.get("/dashboard/static/nope.js").headers["content-type"] == "application/problem+json"
         assert c.get("/", follow_redirects=False).headers["location"] == "/dashboard"
 
 

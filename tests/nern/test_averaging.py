@@ -1,6 +1,7 @@
 import pytest
 import torch
 from torch import nn
+from torch.func import functional_call
 
 from nern.averaging import ParameterAverage
 from nern.config import FitConfig
@@ -54,11 +55,12 @@ def test_fit_packages_the_average_and_evaluates_it(resnet20_sd, tmp_path):
     run = NernRun(resnet20_sd, cfg, None)
     for _ in range(6):
         run.train_step()
-    live = run.predicted_weights(averaged=False)
+    live = run.model.weights()
     averaged = run.predicted_weights()
-    with run.average.applied(run.predictor):
-        by_hand = run.layout.to_weights(run.predictor(run.embedding).detach() * run.row_scale)
-    name = run.layout.names[0]
+    with torch.no_grad():  # the averaged parameters, run through the predictor without swapping them in
+        rows = functional_call(run.model.predictor, run.average.shadow, (run.model.embedding,)) * run.model.row_scale
+    by_hand = run.model.layout.to_weights(rows)
+    name = run.model.layout.names[0]
     assert torch.allclose(averaged[name], by_hand[name], atol=1e-6)
     assert not torch.allclose(averaged[name], live[name])
 

@@ -17,9 +17,9 @@ from nern.compress import (
     finetune_run,
     global_magnitude_masks,
     prune_predictor,
-    target_model,
 )
 from nern.config import FitConfig
+from nern.data import load_labelled
 from nern.errors import PackageError
 from nern.evaluate import evaluate_weights
 from nern.package import (
@@ -31,7 +31,7 @@ from nern.package import (
     quantize_int8,
     save_package,
 )
-from nern.train import fit, load_eval_data
+from nern.train import fit
 
 ROOT = Path(__file__).resolve().parents[2]
 CKPT = ROOT / "nern" / "assets" / "resnet20-12fca82f.th"
@@ -220,8 +220,8 @@ def test_sweep_cli_table_and_plot(package, sd, tmp_path):
     assert len(nern) == 4 and all(r["bytes"] > r["predictor_bytes"] for r in nern)
     assert sweep["unmodeled_bytes"] == package.meta["unmodeled"]["bytes"]
     # the fp32 original's row is the original's accuracy, scored by the evaluation module
-    images, labels = load_eval_data(FitConfig(eval_data="cifar10-test", eval_limit=200), 32)
-    ref = evaluate_weights(target_model(package, sd), None, images, labels)["original_top1"]
+    images, labels = load_labelled("cifar10-test", 32, 200)
+    ref = evaluate_weights(package.original_network(sd), None, images, labels)["original_top1"]
     fp32 = next(r for r in rows if r["method"] == "original" and r["setting"] == "fp32")
     assert fp32["top1"] == ref
     for r in nern:  # "best baseline" only compares baselines within the row's bytes

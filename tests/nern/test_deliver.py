@@ -9,13 +9,13 @@ import torch
 from pydantic import ValidationError
 
 from nern.checkpoint import load_state_dict
-from nern.compress import target_model
 from nern.config import CompressConfig, FitConfig
+from nern.data import load_labelled
 from nern.deliver import deliver
 from nern.errors import CancelledError
 from nern.evaluate import evaluate_weights
 from nern.package import predict_weights, reconstruct
-from nern.train import fit, load_eval_data
+from nern.train import fit
 
 ROOT = Path(__file__).resolve().parents[2]
 CKPT = ROOT / "nern" / "assets" / "resnet20-12fca82f.th"
@@ -59,9 +59,9 @@ def test_compressed_package_is_served_evaluated_and_mapped(sd, result):
     assert c["uncompressed"]["reconstructed_top1"] == result.summary["reconstructed_top1"]
 
     # The summary's accuracy is the served package's on fit's evaluation images.
-    images, labels = load_eval_data(CONFIG, 32)
+    images, labels = load_labelled(CONFIG.eval_data, 32, CONFIG.eval_limit)
     predicted = predict_weights(out.package)
-    expected = evaluate_weights(target_model(out.package, sd), predicted, images, labels)
+    expected = evaluate_weights(out.package.original_network(sd), predicted, images, labels)
     assert {k: s[k] for k in expected} == expected
     assert all(torch.equal(out.reconstructed[k], predicted[k]) for k in predicted)
     # The importance maps are of the served package, not of the fp32 one.

@@ -11,8 +11,8 @@ import torch
 
 from nern.checkpoint import load_state_dict
 from nern.cli import main
-from nern.compress import target_model
 from nern.config import FitConfig
+from nern.data import load_labelled
 from nern.evaluate import evaluate_weights
 from nern.importance import (
     ZERO_GUARD,
@@ -23,7 +23,7 @@ from nern.importance import (
     pruning_scores,
 )
 from nern.package import reconstruct, save_package
-from nern.train import fit, load_eval_data
+from nern.train import fit
 
 ROOT = Path(__file__).resolve().parents[2]
 CKPT = ROOT / "nern" / "assets" / "resnet20-12fca82f.th"
@@ -42,7 +42,7 @@ def package(sd):
 
 @pytest.fixture(scope="module")
 def eval_subset():
-    return load_eval_data(FitConfig(eval_data="cifar10-test", eval_limit=500), 32)
+    return load_labelled("cifar10-test", 32, 500)
 
 
 def test_relative_error_map_by_hand(package, sd):
@@ -104,7 +104,7 @@ def test_prune_by_scores_by_hand():
 
 def test_pruning_curve_starts_at_the_original_accuracy(package, sd, eval_subset):
     images, labels = eval_subset
-    model = target_model(package, sd)
+    model = package.original_network(sd)
     maps = importance_maps(package, sd)
     rows = pruning_curve(model, sd, maps, images, labels, fractions=[0.0, 0.5])
     original = evaluate_weights(model, None, images, labels)["original_top1"]

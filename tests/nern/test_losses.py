@@ -35,6 +35,37 @@ def test_feature_map_loss_by_hand():
     assert math.isclose(got.item(), expected, rel_tol=1e-5)
 
 
+def _naive_feature_map_loss(student, teacher):
+    total = 0.0
+    for s, t in zip(student, teacher):
+        s, t = s.flatten(1), t.flatten(1)
+        s = s / (s.norm(dim=1, keepdim=True) + 1e-3)
+        t = t / (t.norm(dim=1, keepdim=True) + 1e-3)
+        total = total + (s - t).square().sum(dim=1).mean()
+    return total
+
+
+def test_feature_map_loss_and_gradient_match_the_naive_formula():
+    torch.manual_seed(0)
+    teacher = [torch.randn(3, 4, 5, 5, dtype=torch.float64), torch.randn(3, 8, 2, 2, dtype=torch.float64)]
+    for noise in (1.0, 1e-4):  # far apart, and nearly equal (no cancellation in the value)
+        student = [(t + noise * torch.randn_like(t)).requires_grad_(True) for t in teacher]
+        got = feature_map_loss(student, teacher)
+        (g_got,) = torch.autograd.grad(got, student[0])
+        want = _naive_feature_map_loss(student, teacher)
+        (g_want,) = torch.autograd.grad(want, student[0])
+        assert math.isclose(got.item(), want.item(), rel_tol=1e-9)
+        assert torch.allclose(g_got, g_want, rtol=1e-7, atol=1e-12)
+    # an all-zero student map: the value is ‖t̂‖² and the gradient finite
+    zero = [torch.zeros(3, 4, 5, 5, dtype=torch.float64, requires_grad=True)]
+    got = feature_map_loss(zero, teacher[:1])
+    got.backward()
+    assert math.isclose(got.item(), _naive_feature_map_loss([zero[0].detach()], teacher[:1]).item(), rel_tol=1e-9)
+    assert torch.isfinite(zero[0].grad).all()
+    assert torch.autograd.gradcheck(lambda s: feature_map_loss([s], teacher[1:]),
+                                    (torch.randn(3, 8, 2, 2, dtype=torch.float64, requires_grad=True),))
+
+
 def test_recorder_returns_maps_in_name_order():
     net = torch.nn.Sequential(torch.nn.Linear(2, 3), torch.nn.ReLU(), torch.nn.Linear(3, 1))
     x = torch.randn(4, 2)

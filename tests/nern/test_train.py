@@ -11,12 +11,12 @@ TINY = dict(hidden=16, layers=3, emb_levels=4, batch_size=4, threads=1, permute=
 
 def test_distillation_gradients_reach_the_predictor(resnet20_sd):
     run = NernRun(resnet20_sd, FitConfig(steps=5, w_rec=0.0, w_kd=1.0, w_fmd=1.0, **TINY), None)
-    before = [p.detach().clone() for p in run.predictor.parameters()]
+    before = [p.detach().clone() for p in run.model.predictor.parameters()]
     losses = run.train_step()
     assert set(losses) >= {"kd", "fmd"} and losses["rec"] > 0
-    grads = [p.grad for p in run.predictor.parameters()]
+    grads = [p.grad for p in run.model.predictor.parameters()]
     assert all(g is not None and g.abs().sum() > 0 for g in grads)
-    assert all(not torch.equal(a, b) for a, b in zip(before, run.predictor.parameters()))
+    assert all(not torch.equal(a, b) for a, b in zip(before, run.model.predictor.parameters()))
 
 
 @pytest.mark.parametrize("kernel_batch", [0, 500])

@@ -1,5 +1,4 @@
-"""jobs: step_at (watchdog), time_limit_s (per-job limit), input_bytes (tenant storage),
-waiting_reason; workers (live workers and their queues)
+"""jobs: step_at (watchdog), time_limit_s (per-job limit), input_bytes (tenant storage)
 
 Revision ID: 0002_ops
 Revises: 0001
@@ -19,19 +18,10 @@ def upgrade() -> None:
         batch.add_column(sa.Column("step_at", sa.DateTime(timezone=True), nullable=True))
         batch.add_column(sa.Column("time_limit_s", sa.Float, nullable=True))
         batch.add_column(sa.Column("input_bytes", sa.BigInteger, nullable=True))
-        batch.add_column(sa.Column("waiting_reason", sa.String(300), nullable=True))
-    op.create_table(
-        "workers",
-        sa.Column("name", sa.String(200), primary_key=True),
-        sa.Column("queues", sa.String(100), nullable=False),
-        sa.Column("seen_at", sa.DateTime(timezone=True), nullable=False),
-    )
 
 
 def downgrade() -> None:
-    op.drop_table("workers")
     with op.batch_alter_table("jobs") as batch:
-        batch.drop_column("waiting_reason")
         batch.drop_column("input_bytes")
         batch.drop_column("time_limit_s")
         batch.drop_column("step_at")

@@ -1,0 +1,43 @@
+"""NernModel: the predictor with its coordinate table; packages are built from it and load back."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from nern.config import FitConfig
+from nern.model import NernModel
+from nern.package import build_package, load_package_bytes
+from nern.permute import permute_network
+from nern.reconstruct import find_modeled_layers
+from nern.targets import TargetNetwork
+
+
+def test_model_rows_land_in_the_right_kernels_and_round_trip_through_a_package(resnet20_sd, cache_dir):
+    target = TargetNetwork.load(resnet20_sd)
+    layers = find_modeled_layers(target.module)
+    weights = {ly.name: resnet20_sd[ly.name] for ly in layers}
+    perms = permute_network(weights, "crossfilter", None)
+    torch.manual_seed(0)
+    model = NernModel.create(layers, perms, NernModel.scales_of(weights, layers), hidden=8, depth=3,
+                             emb_levels=2, emb_base=1.2)
+    # buffers: one embedded coordinate and one scale per kernel
+    assert model.embedding.shape == (29744, 12) and model.row_scale.shape == (29744, 1)
+    assert math.isclose(float(model.layer_scale[0]), float(resnet20_sd["conv1.weight"].std()), rel_tol=1e-6)
+
+    out = model.weights()
+    # Independently: the kernel (f, c) of layer l sits at the row of its position in the path.
+    name = layers[3].name
+    c_in = layers[3].shape[1]
+    path = perms[name].path()
+    position = int((path == 5 * c_in + 2).nonzero()[0][0])
+    row = model.layout.offsets[3] + position
+    with torch.no_grad():
+        expected = model.predictor(model.embedding[row:row + 1]) * model.layer_scale[3]
+    assert torch.allclose(out[name][5, 2].reshape(-1), expected[0], atol=1e-6)
+
+    cfg = FitConfig(hidden=8, layers=3, emb_levels=2)
+    package = load_package_bytes(build_package(model, target, cfg, source_sha256="s", summary={}).to_bytes())
+    back = package.model().weights()
+    assert all(torch.equal(back[k], out[k]) for k in out)
