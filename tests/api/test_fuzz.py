@@ -31,7 +31,7 @@ def test_openapi_fuzz_no_server_errors_and_schema_conformance(service, tmp_path)
          "--checks", "not_a_server_error,response_schema_conformance", "--phases", "coverage,fuzzing,stateful",
          "-n", "8", "--seed", "8", "--max-time", "35", "--report", "ndjson", "--report-dir", str(tmp_path),
          "--request-timeout", "30"],
-        capture_output=True, text=True, timeout=240,
+        capture_output=True, text=True, timeout=240, cwd=tmp_path,  # its cache stays out of the tree
     )
     summary = r.stdout[r.stdout.find("SUMMARY"):]
     assert r.returncode == 0, r.stdout[-6000:] + r.stderr[-2000:]
