@@ -97,7 +97,8 @@ class Services:
             store=ArtifactStore(settings.artifact_root),
             dispatcher=Dispatcher(settings),
             key_cache=KeyCache(settings.auth_cache_seconds),
-            metrics=HttpMetrics.for_database(settings.database_url),
+            metrics=HttpMetrics.for_database(
+                settings.database_url, max(3 * settings.heartbeat_seconds, settings.lease_seconds)),
             webhook_sender=WebhookSender(settings),
             status_cache=StatusCache(settings.status_cache_seconds),
             key_failures=KeyFailures(settings.key_failures_per_minute),

@@ -49,12 +49,20 @@ class Dispatcher:
             changed = crud.expire_leases(session, self.settings.stall_seconds)
         if changed:
             log.info("lease sweep changed %d job(s)", changed)
+        within = self.worker_window
+        with session_scope(self.settings.database_url) as session:
+            crud.mark_waiting(session, crud.queue_workers(session, within), within)
         if self.settings.retention_days > 0:
             self.remove_expired()
         with session_scope(self.settings.database_url) as session:
             pending = crud.unpublished_jobs(session, self.settings.republish_seconds)
         for job_id, queue in pending:
             self.publish(job_id, queue)
+
+    @property
+    def worker_window(self) -> float:
+        """A worker unseen this long is taken for gone (it renews every heartbeat)."""
+        return max(3 * self.settings.heartbeat_seconds, self.settings.lease_seconds)
 
     def remove_expired(self) -> int:
         """Delete finished jobs past NERN_RETENTION_DAYS: the row first, then the files."""

@@ -59,8 +59,50 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(dashboard.router)
     app.include_router(webhooks.router)
     app.add_middleware(MetricsMiddleware, metrics=services.metrics)
+    _add_openapi_links(app)
     app.add_middleware(RequestIdMiddleware)  # added last = outermost: ids cover every line
     return app
+
+
+# OpenAPI links from a submitted job to what can be done with it: generated clients and
+# stateful fuzzers (schemathesis) follow `id` from POST /jobs into the job's routes.
+_JOB_LINKS = {
+    "GetJob": ("get", "/jobs/{job_id}"),
+    "CancelJob": ("post", "/jobs/{job_id}/cancel"),
+    "RetryJob": ("post", "/jobs/{job_id}/retry"),
+    "DeleteJob": ("delete", "/jobs/{job_id}"),
+    "JobMetrics": ("get", "/jobs/{job_id}/metrics"),
+    "JobArtifacts": ("get", "/jobs/{job_id}/artifacts"),
+}
+
+
+def _add_openapi_links(app: FastAPI) -> None:
+    build = app.openapi
+
+    def openapi() -> dict:
+        if app.openapi_schema is not None:
+            return app.openapi_schema
+        schema = build()
+        paths = schema["paths"]
+        links = {
+            name: {"operationId": paths[path][method]["operationId"], "parameters": {"job_id": "$response.body#/id"}}
+            for name, (method, path) in _JOB_LINKS.items()
+            if method in paths.get(path, {})
+        }
+        for method, path, status in (("post", "/jobs", "202"), ("post", "/jobs/{job_id}/retry", "202"),
+                                     ("get", "/jobs/{job_id}", "200")):
+            response = paths.get(path, {}).get(method, {}).get("responses", {}).get(status)
+            if response is not None:
+                response["links"] = links
+        listing = paths.get("/jobs", {}).get("get", {}).get("responses", {}).get("200")
+        if listing is not None:  # the newest job of a page
+            listing["links"] = {
+                name: {**link, "parameters": {"job_id": "$response.body#/items/0/id"}} for name, link in links.items()
+            }
+        app.openapi_schema = schema
+        return schema
+
+    app.openapi = openapi
 
 
 def __getattr__(name: str) -> FastAPI:

@@ -37,6 +37,9 @@ class JobStatus(BaseModel):
     finished_at: datetime | None
     heartbeat_at: datetime | None
     resumed_from_step: int | None
+    waiting_reason: str | None = Field(
+        None, description="why a queued job is not being taken (e.g. no live worker serves its queue)"
+    )
 
 
 class JobPublic(JobStatus):

@@ -32,7 +32,7 @@ from sqlalchemy import Float, and_, case, cast, func, literal, select
 from sqlalchemy.orm import Session
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from .jobstore import workers
+from .jobstore import crud, workers
 from .jobstore.db import session_scope
 from .jobstore.models import Job, MetricPoint
 from .jobstore.states import JobState
@@ -62,10 +62,10 @@ class HttpMetrics:
         self.registry.register(_NamedCounters(self.counters))
 
     @classmethod
-    def for_database(cls, database_url: str) -> HttpMetrics:
+    def for_database(cls, database_url: str, worker_window: float = 60.0) -> HttpMetrics:
         """HTTP series plus the job store's collector (jobs, queue wait, run time, workers)."""
         metrics = cls()
-        metrics.registry.register(JobStoreCollector(database_url))
+        metrics.registry.register(JobStoreCollector(database_url, worker_window))
         return metrics
 
     def observe(self, method: str, route: str, status: int, seconds: float) -> None:
@@ -121,8 +121,9 @@ def _histogram_family(name: str, doc: str, labels: list[str], data: dict[tuple, 
 class JobStoreCollector(Collector):
     """Job and worker series read from the database at scrape time."""
 
-    def __init__(self, database_url: str) -> None:
+    def __init__(self, database_url: str, worker_window: float = 60.0) -> None:
         self.database_url = database_url
+        self.worker_window = worker_window  # a worker silent this long counts as gone
 
     def describe(self) -> list:
         return []  # no DB access at registration
@@ -191,6 +192,18 @@ class JobStoreCollector(Collector):
             if w.gpu_memory_bytes is not None:
                 gpu.add_metric([w.name], w.gpu_memory_bytes)
         yield from (beat, total, busy, gpu)
+
+        # Queues no live worker serves: their queued jobs wait for nothing (waiting_reason on the job).
+        live = crud.queue_workers(session, self.worker_window)
+        serving = GaugeMetricFamily("nern_queue_workers", "Live worker processes serving each queue.",
+                                    labels=["queue"])
+        stuck = GaugeMetricFamily("nern_jobs_unservable", "Queued jobs whose queue no live worker serves.",
+                                  labels=["queue"])
+        for q in sorted({*QUEUES, *live}):
+            serving.add_metric([q], live.get(q, 0))
+            stuck.add_metric([q], 0 if live.get(q) else counts.get((q, JobState.queued.value), 0))
+        yield serving
+        yield stuck
 
 
 class MetricsMiddleware:

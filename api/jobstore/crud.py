@@ -360,6 +360,37 @@ def tenant_usage(session: Session, tenant_id: int) -> tuple[int, int]:
     return int(active), int(inputs) + int(outputs)
 
 
+def queue_workers(session: Session, within_seconds: float) -> dict[str, int]:
+    """Live worker processes per queue (heartbeat within `within_seconds`, `api.jobstore.workers`);
+    queues without any are absent."""
+    from .workers import Worker
+
+    cutoff = db_now(session) - timedelta(seconds=within_seconds)
+    out: dict[str, int] = {}
+    for queues in session.scalars(select(Worker.queues).where(Worker.heartbeat_at >= cutoff)):
+        for q in queues.split(","):
+            out[q] = out.get(q, 0) + 1
+    return out
+
+
+def mark_waiting(session: Session, live: dict[str, int], within_seconds: float) -> None:
+    """Say on each queued job whether a live worker serves its queue (`waiting_reason`)."""
+    queues = set(session.scalars(select(Job.queue).where(Job.state == JobState.queued.value).distinct()))
+    for q in queues:
+        reason = None if live.get(q) else (
+            f"no live worker serves the '{q}' queue (none seen for {within_seconds:g} s); the job waits for one")
+        session.execute(
+            update(Job).where(Job.state == JobState.queued.value, Job.queue == q,
+                              Job.waiting_reason.is_distinct_from(reason)).values(waiting_reason=reason)
+        )
+
+
+def queued_by_queue(session: Session) -> dict[str, int]:
+    rows = session.execute(
+        select(Job.queue, func.count()).where(Job.state == JobState.queued.value).group_by(Job.queue)).all()
+    return {q: n for q, n in rows}
+
+
 def count_by_state(session: Session) -> dict[str, int]:
     rows = session.execute(select(Job.state, func.count()).group_by(Job.state)).all()
     return {state: n for state, n in rows}
@@ -407,6 +438,7 @@ def claim_job(session: Session, job_id: str, owner: str, lease_seconds: float) -
         .values(
             state=JobState.running.value, stage=Stage.loading.value, attempts=Job.attempts + 1, lease_owner=owner,
             lease_expires_at=now + timedelta(seconds=lease_seconds), heartbeat_at=now, step_at=now, error=None,
+            waiting_reason=None,
         )
     )
     if res.rowcount != 1:

@@ -91,6 +91,7 @@ class Job(Base):
     step_at: Mapped[datetime | None] = mapped_column(UTCDateTime())  # last time `step` advanced (watchdog)
     time_limit_s: Mapped[float | None] = mapped_column(Float)  # from the spec; None = no limit
     input_bytes: Mapped[int | None] = mapped_column(BigInteger)  # checkpoint + data parts as stored
+    waiting_reason: Mapped[str | None] = mapped_column(String(300))  # why a queued job is not taken
 
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())
     started_at: Mapped[datetime | None] = mapped_column(UTCDateTime())

@@ -78,6 +78,16 @@ async def get_job(job_id: str, tenant_id: TenantDep, settings: SettingsDep, cach
     response_model=JobPublic,
     summary="Submit a job (multipart: 'checkpoint' file, 'spec' JSON, optional .npz data parts)",
     responses={413: {"description": "upload too large"}, 422: {"description": "bad spec or checkpoint"}},
+    # The body is parsed by api.uploads (streamed, size-limited); described here for clients.
+    openapi_extra={"requestBody": {"required": True, "content": {"multipart/form-data": {"schema": {
+        "type": "object", "required": ["checkpoint"],
+        "properties": {
+            "checkpoint": {"type": "string", "format": "binary",
+                           "description": "state_dict (.pt/.pth/.th) or .safetensors"},
+            "spec": {"type": "string", "description": "the job spec as JSON (api.jobstore.spec.JobSpec)"},
+        },
+        "additionalProperties": {"type": "string", "format": "binary", "description": "an .npz data part"},
+    }}}}},
 )
 async def create_job(
     request: Request,

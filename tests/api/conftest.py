@@ -32,9 +32,9 @@ def service(request, tmp_path_factory) -> Service:
         pg_name = create_pg_database()
         flush_redis(11)
         dep = Deployment(home, database_url=f"postgresql+psycopg://postgres@127.0.0.1:5432/{pg_name}",
-                         broker_url="redis://127.0.0.1:6379/11", max_upload_bytes=4 * 2**20, max_data_bytes=64 * 2**20)
+                         broker_url="redis://127.0.0.1:6379/11", max_upload_bytes=4 * 2**20, max_data_bytes=64 * 2**20, key_failures_per_minute=1000)
     else:
-        dep = Deployment(home, max_upload_bytes=4 * 2**20, max_data_bytes=64 * 2**20)
+        dep = Deployment(home, max_upload_bytes=4 * 2**20, max_data_bytes=64 * 2**20, key_failures_per_minute=1000)
     try:
         dep.start_api()
         dep.start_worker("cpu")

@@ -11,6 +11,10 @@ from api import client as cl
 QUEUED = {**TINY_SPEC, "device": "cuda"}  # gpu queue: no test worker takes it
 
 
+# The client's error mapping does not depend on the database: the SQLite service is enough.
+pytestmark = pytest.mark.parametrize("service", ["sqlite"], indirect=True)
+
+
 @pytest.fixture(scope="module")
 def api(service):
     key = service.deployment.create_key("tenant-client")
@@ -64,10 +68,8 @@ def test_service_cli_errors_are_one_line_and_exit_2(service):
     dep = service.deployment
     env = {"NERN_SERVER": dep.url, "NERN_API_KEY": "nern_bad"}
     for args, words in (
-        (("jobs", "status", "0" * 32), "401"),
-        (("jobs", "list", "--server", f"http://127.0.0.1:{free_port()}"), "cannot reach"),
-        (("keys", "revoke", "nern_nope"), "no active key"),
-        (("keys", "list"), "database"),
+        (("jobs", "status", "0" * 32), "401"),  # an error answer of the server
+        (("keys", "list"), "database"),  # a driver error several lines long
     ):
         extra = {"NERN_DATABASE_URL": "postgresql+psycopg://nobody@127.0.0.1:1/x"} if args == ("keys", "list") else {}
         r = dep.cli(*args, env={**env, **extra})

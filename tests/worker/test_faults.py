@@ -16,6 +16,7 @@ import hashlib
 import json
 import os
 import random
+import re
 import signal
 import subprocess
 import sys
@@ -42,7 +43,7 @@ from harness import (
 
 pytestmark = [pytest.mark.postgres, pytest.mark.slow]
 
-CHAOS_SPEC = {**TINY_SPEC, "steps": 40, "checkpoint_every": 4}
+CHAOS_SPEC = {**TINY_SPEC, "steps": 30, "checkpoint_every": 3}
 
 
 @pytest.fixture(scope="module")
@@ -121,7 +122,7 @@ def test_no_job_lost_under_worker_kills_db_drops_and_broker_loss(cluster):
         counts["redis_restart"] += 1
 
         workers = {n: cluster.start_worker("cpu", f"chaos-{n}", concurrency=2) for n in ("a", "b")}
-        for i in range(5):
+        for i in range(4):
             r = submit(c, {**CHAOS_SPEC, "name": f"late-{i}"})
             assert r.status_code == 202, r.text
             accepted.append(r.json()["id"])
@@ -141,7 +142,10 @@ def test_no_job_lost_under_worker_kills_db_drops_and_broker_loss(cluster):
             workers[name] = cluster.start_worker("cpu", f"chaos-{name}", concurrency=2)
             if counts["sigkill"] % 3 == 0:
                 counts["pg_terminate_backend"] += terminate_pg_backends(cluster.pg_name)
-            time.sleep(rng.uniform(1.0, 3.0))
+            if counts["sigkill"] == 5:  # the workers announce themselves to the API
+                live = re.search(r'nern_queue_workers\{queue="cpu"\} (\d+)', c.get("/metrics").text)
+                assert live and int(live.group(1)) >= 1
+            time.sleep(rng.uniform(0.5, 2.0))
         for _ in range(2):
             wait_for(c, accepted[0], lambda j: True)
             if _running_jobs(c):
@@ -230,6 +234,12 @@ def test_tenant_limits_and_failed_key_rate_limit(cluster):
         ids = [submit(c, queued).json()["id"] for _ in range(12)]
         r = submit(c, queued)
         assert r.status_code == 429 and r.json()["type"].endswith("tenant-job-limit"), r.text
+        # No gpu worker runs: the jobs say so, and so do the metrics.
+        job = wait_for(c, ids[-1], lambda j: j["waiting_reason"] is not None, timeout=30)
+        assert "no live worker serves the 'gpu' queue" in job["waiting_reason"]
+        text = c.get("/metrics").text
+        assert 'nern_queue_workers{queue="gpu"} 0' in text
+        assert int(re.search(r'nern_jobs_unservable\{queue="gpu"\} (\d+)', text).group(1)) >= 12
         assert c.delete(f"/jobs/{ids[0]}").status_code == 204  # a slot frees up
         # Storage: 12 checkpoints (~13 MB) stored; a 61 MB data part passes the 64 MiB limit.
         buf = io.BytesIO()
