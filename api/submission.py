@@ -192,41 +192,21 @@ def submit_job(
             if existing is not None:
                 files.discard()
                 return _replay(existing, digest), False
-
         spec = parse_spec(files.spec_text)
-        job_id = uuid.uuid4().hex
-        stored_spec = spec.model_dump(mode="json")  # as sent: part names, never server paths
-        unused = sorted(set(files.data_parts) - {spec.data, spec.eval_data})
-        if unused:
-            raise _invalid(f"part {unused[0]!r} is not named by spec.data or spec.eval_data")
-        _check_tenant_limits(session, settings, tenant_id, files)
-        arch, kwargs = _check_checkpoint(files, spec.arch)
-        _check_data("data", spec.data, files, settings, kwargs.get("num_classes"))
-        _check_data("eval_data", spec.eval_data, files, settings, kwargs.get("num_classes"))
+        arch = _check_submission(session, settings, tenant_id, files, spec)
     except BaseException:
         files.discard()
         raise
 
-    suffix = Path(files.checkpoint_name).suffix.lower()
-    stored_name = "checkpoint" + (suffix if suffix in _CHECKPOINT_SUFFIXES else ".pt")
     try:
-        (staging / stored_name).write_bytes(files.checkpoint)
-        job = Job(
-            id=job_id, tenant_id=tenant_id, name=spec.name, arch=arch, queue=queue_for_device(spec.device, settings.auto_queue),
-            spec=stored_spec, state=JobState.queued.value, stage=Stage.queued.value, progress=0.0, step=0,
-            total_steps=spec.steps, attempts=0, max_attempts=settings.max_attempts, cancel_requested=False,
-            created_at=crud.utcnow(), checkpoint_name=files.checkpoint_name,
-            checkpoint_sha256=hashlib.sha256(files.checkpoint).hexdigest(),
-            checkpoint_bytes=len(files.checkpoint), idempotency_key=idempotency_key, request_sha256=digest,
-            time_limit_s=spec.time_limit_s, input_bytes=sum(p.stat().st_size for p in staging.iterdir()),
-        )
+        job = _staged_job(settings, tenant_id, files, spec, arch, idempotency_key, digest)
         session.add(job)
         session.flush()
-        store.commit_inputs(staging, job_id)
+        store.commit_inputs(staging, job.id)
         try:
             session.commit()
         except BaseException:
-            store.remove_job(job_id)
+            store.remove_job(job.id)
             raise
     except IntegrityError:
         # Another request with the same Idempotency-Key won the race: answer with its job.
@@ -241,6 +221,39 @@ def submit_job(
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return job, True
+
+
+def _check_submission(session: Session, settings: Settings, tenant_id: int, files: JobFiles, spec: JobSpec) -> str:
+    """Every check of a parsed submission (parts, tenant limits, checkpoint, data); returns the
+    architecture the checkpoint fits."""
+    unused = sorted(set(files.data_parts) - {spec.data, spec.eval_data})
+    if unused:
+        raise _invalid(f"part {unused[0]!r} is not named by spec.data or spec.eval_data")
+    _check_tenant_limits(session, settings, tenant_id, files)
+    arch, kwargs = _check_checkpoint(files, spec.arch)
+    _check_data("data", spec.data, files, settings, kwargs.get("num_classes"))
+    _check_data("eval_data", spec.eval_data, files, settings, kwargs.get("num_classes"))
+    return arch
+
+
+def _staged_job(settings: Settings, tenant_id: int, files: JobFiles, spec: JobSpec, arch: str,
+                idempotency_key: str | None, digest: str) -> Job:
+    """Write the checkpoint into the staging folder beside the data parts; the job's new row."""
+    staging = files.staging
+    suffix = Path(files.checkpoint_name).suffix.lower()
+    stored_name = "checkpoint" + (suffix if suffix in _CHECKPOINT_SUFFIXES else ".pt")
+    (staging / stored_name).write_bytes(files.checkpoint)
+    return Job(
+        id=uuid.uuid4().hex, tenant_id=tenant_id, name=spec.name, arch=arch,
+        queue=queue_for_device(spec.device, settings.auto_queue),
+        spec=spec.model_dump(mode="json"),  # as sent: part names, never server paths
+        state=JobState.queued.value, stage=Stage.queued.value, progress=0.0, step=0,
+        total_steps=spec.steps, attempts=0, max_attempts=settings.max_attempts, cancel_requested=False,
+        created_at=crud.utcnow(), checkpoint_name=files.checkpoint_name,
+        checkpoint_sha256=hashlib.sha256(files.checkpoint).hexdigest(),
+        checkpoint_bytes=len(files.checkpoint), idempotency_key=idempotency_key, request_sha256=digest,
+        time_limit_s=spec.time_limit_s, input_bytes=sum(p.stat().st_size for p in staging.iterdir()),
+    )
 
 
 def _check_tenant_limits(session: Session, settings: Settings, tenant_id: int, files: JobFiles) -> None:

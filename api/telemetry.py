@@ -140,70 +140,90 @@ class JobStoreCollector(Collector):
         yield GaugeMetricFamily("nern_jobstore_up", "1 when the job store answered this scrape.", value=1)
         counts = dict(((q, s), n) for q, s, n in session.execute(
             select(Job.queue, Job.state, func.count()).group_by(Job.queue, Job.state)).all())
-        by_state = GaugeMetricFamily("nern_jobs", "Jobs in the database by state.", labels=["state"])
-        by_queue = GaugeMetricFamily("nern_queue_jobs", "Jobs by queue and state.", labels=["queue", "state"])
-        for s in STATES:
-            by_state.add_metric([s], sum(n for (_, st), n in counts.items() if st == s))
-            for q in QUEUES:
-                by_queue.add_metric([q, s], counts.get((q, s), 0))
-        yield by_state
-        yield by_queue
+        yield from _job_count_families(counts)
+        yield from _duration_families(session)
+        yield _training_rate_family(session)
+        yield from _worker_families(session)
+        yield from _queue_service_families(session, counts, self.worker_window)
 
-        wait = _seconds_between(session, Job.started_at, Job.created_at)
-        yield _histogram_family("nern_job_queue_wait_seconds", "Seconds from submission to the first start.", [],
-                                _histogram(session, wait, Job.started_at.is_not(None)))
-        run = _seconds_between(session, Job.finished_at, Job.started_at)
-        done = and_(Job.finished_at.is_not(None), Job.started_at.is_not(None))
-        yield _histogram_family("nern_job_run_seconds", "Seconds from the first start to the end, by final state.",
-                                ["state"], _histogram(session, run, done, Job.state))
 
-        # Training rate of each running job: its latest training point's step / training seconds.
-        latest = (select(func.max(MetricPoint.id)).join(Job, Job.id == MetricPoint.job_id)
-                  .where(Job.state == JobState.running.value, MetricPoint.stage == "training")
-                  .group_by(MetricPoint.job_id))
-        rate = GaugeMetricFamily("nern_training_steps_per_second",
-                                 "Training steps per second, summed over running jobs.", labels=["queue"])
-        per_queue = dict.fromkeys(QUEUES, 0.0)
-        for queue, step, elapsed in session.execute(
-            select(Job.queue, MetricPoint.step, MetricPoint.elapsed_s).join(Job, Job.id == MetricPoint.job_id)
-            .where(MetricPoint.id.in_(latest))
-        ).all():
-            if elapsed and elapsed > 0:
-                per_queue[queue] = per_queue.get(queue, 0.0) + step / elapsed
-        for q, v in per_queue.items():
-            rate.add_metric([q], v)
-        yield rate
+def _job_count_families(counts: dict[tuple[str, str], int]) -> Iterator:
+    """Jobs by state, and by queue and state."""
+    by_state = GaugeMetricFamily("nern_jobs", "Jobs in the database by state.", labels=["state"])
+    by_queue = GaugeMetricFamily("nern_queue_jobs", "Jobs by queue and state.", labels=["queue", "state"])
+    for s in STATES:
+        by_state.add_metric([s], sum(n for (_, st), n in counts.items() if st == s))
+        for q in QUEUES:
+            by_queue.add_metric([q, s], counts.get((q, s), 0))
+    yield by_state
+    yield by_queue
 
-        running: dict[str, int] = defaultdict(int)
-        for (owner,) in session.execute(select(Job.lease_owner).where(Job.state == JobState.running.value,
-                                                                      Job.lease_owner.is_not(None))):
-            running[owner.rsplit(":", 1)[0]] += 1
-        alive = workers.recent(session)
-        beat = GaugeMetricFamily("nern_worker_last_heartbeat_timestamp_seconds",
-                                 "Unix time of each worker process's last heartbeat.", labels=["worker"])
-        total = CounterMetricFamily("nern_worker_jobs", "Jobs each worker process has claimed.", labels=["worker"])
-        busy = GaugeMetricFamily("nern_worker_jobs_running", "Jobs each worker process runs now.", labels=["worker"])
-        gpu = GaugeMetricFamily("nern_worker_gpu_memory_bytes", "CUDA memory held by each worker process.",
-                                labels=["worker"])
-        for w in alive:
-            beat.add_metric([w.name], w.heartbeat_at.timestamp())
-            total.add_metric([w.name], w.jobs_total)
-            busy.add_metric([w.name], running.get(w.name, 0))
-            if w.gpu_memory_bytes is not None:
-                gpu.add_metric([w.name], w.gpu_memory_bytes)
-        yield from (beat, total, busy, gpu)
 
-        # Queues no live worker serves: their queued jobs wait for nothing (waiting_reason on the job).
-        live = crud.queue_workers(session, self.worker_window)
-        serving = GaugeMetricFamily("nern_queue_workers", "Live worker processes serving each queue.",
-                                    labels=["queue"])
-        stuck = GaugeMetricFamily("nern_jobs_unservable", "Queued jobs whose queue no live worker serves.",
-                                  labels=["queue"])
-        for q in sorted({*QUEUES, *live}):
-            serving.add_metric([q], live.get(q, 0))
-            stuck.add_metric([q], 0 if live.get(q) else counts.get((q, JobState.queued.value), 0))
-        yield serving
-        yield stuck
+def _duration_families(session: Session) -> Iterator:
+    """Histograms of the queue wait and of the run time by final state."""
+    wait = _seconds_between(session, Job.started_at, Job.created_at)
+    yield _histogram_family("nern_job_queue_wait_seconds", "Seconds from submission to the first start.", [],
+                            _histogram(session, wait, Job.started_at.is_not(None)))
+    run = _seconds_between(session, Job.finished_at, Job.started_at)
+    done = and_(Job.finished_at.is_not(None), Job.started_at.is_not(None))
+    yield _histogram_family("nern_job_run_seconds", "Seconds from the first start to the end, by final state.",
+                            ["state"], _histogram(session, run, done, Job.state))
+
+
+def _training_rate_family(session: Session) -> GaugeMetricFamily:
+    """Training rate of each running job: its latest training point's step / training seconds."""
+    latest = (select(func.max(MetricPoint.id)).join(Job, Job.id == MetricPoint.job_id)
+              .where(Job.state == JobState.running.value, MetricPoint.stage == "training")
+              .group_by(MetricPoint.job_id))
+    rate = GaugeMetricFamily("nern_training_steps_per_second",
+                             "Training steps per second, summed over running jobs.", labels=["queue"])
+    per_queue = dict.fromkeys(QUEUES, 0.0)
+    for queue, step, elapsed in session.execute(
+        select(Job.queue, MetricPoint.step, MetricPoint.elapsed_s).join(Job, Job.id == MetricPoint.job_id)
+        .where(MetricPoint.id.in_(latest))
+    ).all():
+        if elapsed and elapsed > 0:
+            per_queue[queue] = per_queue.get(queue, 0.0) + step / elapsed
+    for q, v in per_queue.items():
+        rate.add_metric([q], v)
+    return rate
+
+
+def _worker_families(session: Session) -> Iterator:
+    """Each live worker process: last heartbeat, jobs claimed, jobs running, CUDA memory."""
+    running: dict[str, int] = defaultdict(int)
+    for (owner,) in session.execute(select(Job.lease_owner).where(Job.state == JobState.running.value,
+                                                                  Job.lease_owner.is_not(None))):
+        running[owner.rsplit(":", 1)[0]] += 1
+    alive = workers.recent(session)
+    beat = GaugeMetricFamily("nern_worker_last_heartbeat_timestamp_seconds",
+                             "Unix time of each worker process's last heartbeat.", labels=["worker"])
+    total = CounterMetricFamily("nern_worker_jobs", "Jobs each worker process has claimed.", labels=["worker"])
+    busy = GaugeMetricFamily("nern_worker_jobs_running", "Jobs each worker process runs now.", labels=["worker"])
+    gpu = GaugeMetricFamily("nern_worker_gpu_memory_bytes", "CUDA memory held by each worker process.",
+                            labels=["worker"])
+    for w in alive:
+        beat.add_metric([w.name], w.heartbeat_at.timestamp())
+        total.add_metric([w.name], w.jobs_total)
+        busy.add_metric([w.name], running.get(w.name, 0))
+        if w.gpu_memory_bytes is not None:
+            gpu.add_metric([w.name], w.gpu_memory_bytes)
+    yield from (beat, total, busy, gpu)
+
+
+def _queue_service_families(session: Session, counts: dict[tuple[str, str], int], worker_window: float) -> Iterator:
+    """Live workers per queue, and queued jobs of queues no live worker serves: they wait for
+    nothing (waiting_reason on the job)."""
+    live = crud.queue_workers(session, worker_window)
+    serving = GaugeMetricFamily("nern_queue_workers", "Live worker processes serving each queue.",
+                                labels=["queue"])
+    stuck = GaugeMetricFamily("nern_jobs_unservable", "Queued jobs whose queue no live worker serves.",
+                              labels=["queue"])
+    for q in sorted({*QUEUES, *live}):
+        serving.add_metric([q], live.get(q, 0))
+        stuck.add_metric([q], 0 if live.get(q) else counts.get((q, JobState.queued.value), 0))
+    yield serving
+    yield stuck
 
 
 class MetricsMiddleware:

@@ -15,7 +15,7 @@ import shutil
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy.exc import InterfaceError, OperationalError
 
@@ -32,6 +32,9 @@ from api.logs import job_id_var
 from .beacon import process_name
 from .celery_app import TASK_RUN_JOB, app, drain_on_sigterm, draining
 from .lease import Lease, retrying, worker_identity
+
+if TYPE_CHECKING:  # nern itself is imported only when a job runs
+    from nern.deliver import Deliverables
 
 log = logging.getLogger("nern.worker")
 
@@ -91,75 +94,9 @@ def _run(job: Job, settings: Settings, lease: Lease) -> tuple[JobState, str | No
 
     store = ArtifactStore(settings.artifact_root)
     try:
-        from safetensors.torch import save_file
-
-        from nern import package as nern_package
-        from nern import train
-        from nern.checkpoint import load_state_dict
-        from nern.deliver import deliver
-        from nern.targets import load_target
-
-        spec = JobSpec.model_validate(job.spec)
-        state_dict = load_state_dict(store.checkpoint_path(job.id))
-        _model, _name, target_kwargs = load_target(state_dict, job.arch)
-        del _model
-        config = spec.fit_config(
-            arch=job.arch,
-            data=_data_source(store, settings, job.id, "data", spec.data, target_kwargs),
-            eval_data=_data_source(store, settings, job.id, "eval_data", spec.eval_data, target_kwargs),
-        )
-
-        def on_progress(p: train.Progress) -> None:
-            lease.report(
-                Stage(p.stage), step=p.step, total_steps=p.total_steps, eta_seconds=p.eta_s, losses=dict(p.losses) or None,
-                lr=p.lr, elapsed_s=p.elapsed_s,
-            )
-
-        def on_eval(step: int, train_seconds: float, metrics: dict) -> None:
-            numbers = {k: v for k, v in metrics.items() if isinstance(v, int | float) and math.isfinite(v)}
-            with session_scope(settings.database_url) as session:
-                crud.record_eval_point(session, job.id, lease.owner, attempt=lease.attempt, step=step,
-                                       train_seconds=train_seconds, metrics=numbers)
-
-        work_dir = store.work_dir(job.id)
-        work_dir.mkdir(parents=True, exist_ok=True)
-        result = train.fit(
-            state_dict, config, work_dir=work_dir, on_progress=on_progress, on_eval=on_eval,
-            should_stop=lease.should_stop, source_sha256=job.checkpoint_sha256,
-        )
-        lease.report(Stage.compressing, step=config.steps, total_steps=config.steps)
-        out = deliver(result, state_dict, config, spec.compress, on_progress=on_progress,
-                      should_stop=lease.should_stop)
-        lease.report(Stage.compressing, step=config.steps, total_steps=config.steps)  # fine-tuning counted its own
-
-        artifacts: list[tuple[str, int, str, str]] = []  # (name, size, sha256, media type)
-
-        def write(name: str, writer: Callable[[Path], Any]) -> tuple[str, int, str, str]:
-            artifacts.append(store.write_artifact(job.id, name, writer))
-            return artifacts[-1]
-
-        served = write("predictor.nern", lambda p: nern_package.save_package(out.package, p))
-        if out.uncompressed is not None:
-            write("predictor-fp32.nern", lambda p: nern_package.save_package(out.uncompressed, p))
-        write("reconstructed.safetensors",
-              lambda p: save_file({k: v.contiguous() for k, v in out.reconstructed.items()}, p))
-        with tempfile.TemporaryDirectory(dir=work_dir) as tmp:
-            for path in out.importance.save(tmp):
-                write(path.name, lambda p, src=path: shutil.copyfile(src, p))
-        summary = _jsonable(out.summary)
-        summary["package_bytes"] = served[1]
-        summary["checkpoint_bytes"] = job.checkpoint_bytes
-        summary["worker_device"] = _device_label()
-        write("report.json", lambda p: Path(p).write_text(json.dumps(summary, indent=2)))
-        def finish() -> bool:
-            with session_scope(settings.database_url) as session:
-                return crud.finish_job(
-                    session, job.id, lease.owner, summary=summary, artifacts=artifacts,
-                    resumed_from_step=summary.get("resumed_from_step"),
-                )
-
-        ok = retrying(settings, f"result of job {job.id}", finish)
-        if not ok:
+        out, work_dir = _fit_and_deliver(job, settings, store, lease)
+        artifacts, summary = _write_artifacts(job, store, work_dir, out)
+        if not _record_result(job, settings, lease, summary, artifacts):
             lease.lost = True
         return JobState.succeeded, None
     except CancelledError:
@@ -170,6 +107,100 @@ def _run(job: Job, settings: Settings, lease: Lease) -> tuple[JobState, str | No
         log.exception("job %s failed", job.id)
         return JobState.failed, _public_error(f"internal error: {type(e).__name__}: {str(e)[:300]}", store,
                                               settings, job.id)
+
+
+def _fit_and_deliver(job: Job, settings: Settings, store: ArtifactStore, lease: Lease) -> tuple[Deliverables, Path]:
+    """Fit the job's checkpoint (resuming from its work folder) and deliver the results
+    (`nern.deliver.deliver`); returns them with the work folder."""
+    from nern import train
+    from nern.checkpoint import load_state_dict
+    from nern.deliver import deliver
+    from nern.targets import load_target
+
+    spec = JobSpec.model_validate(job.spec)
+    state_dict = load_state_dict(store.checkpoint_path(job.id))
+    _model, _name, target_kwargs = load_target(state_dict, job.arch)
+    del _model
+    config = spec.fit_config(
+        arch=job.arch,
+        data=_data_source(store, settings, job.id, "data", spec.data, target_kwargs),
+        eval_data=_data_source(store, settings, job.id, "eval_data", spec.eval_data, target_kwargs),
+    )
+    on_progress, on_eval = _reporters(job, settings, lease)
+    work_dir = store.work_dir(job.id)
+    work_dir.mkdir(parents=True, exist_ok=True)
+    result = train.fit(
+        state_dict, config, work_dir=work_dir, on_progress=on_progress, on_eval=on_eval,
+        should_stop=lease.should_stop, source_sha256=job.checkpoint_sha256,
+    )
+    lease.report(Stage.compressing, step=config.steps, total_steps=config.steps)
+    out = deliver(result, state_dict, config, spec.compress, on_progress=on_progress,
+                  should_stop=lease.should_stop)
+    lease.report(Stage.compressing, step=config.steps, total_steps=config.steps)  # fine-tuning counted its own
+    return out, work_dir
+
+
+def _reporters(job: Job, settings: Settings, lease: Lease) -> tuple[Callable[..., None], Callable[..., None]]:
+    """fit's callbacks: progress through the lease's heartbeat, evaluations as metric points."""
+    from nern import train
+
+    def on_progress(p: train.Progress) -> None:
+        lease.report(
+            Stage(p.stage), step=p.step, total_steps=p.total_steps, eta_seconds=p.eta_s, losses=dict(p.losses) or None,
+            lr=p.lr, elapsed_s=p.elapsed_s,
+        )
+
+    def on_eval(step: int, train_seconds: float, metrics: dict) -> None:
+        numbers = {k: v for k, v in metrics.items() if isinstance(v, int | float) and math.isfinite(v)}
+        with session_scope(settings.database_url) as session:
+            crud.record_eval_point(session, job.id, lease.owner, attempt=lease.attempt, step=step,
+                                   train_seconds=train_seconds, metrics=numbers)
+
+    return on_progress, on_eval
+
+
+def _write_artifacts(job: Job, store: ArtifactStore, work_dir: Path,
+                     out: Deliverables) -> tuple[list[tuple[str, int, str, str]], dict[str, Any]]:
+    """Store the delivery's files as the job's artifacts; returns them (name, size, sha256,
+    media type) with the summary written as report.json."""
+    from safetensors.torch import save_file
+
+    from nern import package as nern_package
+
+    artifacts: list[tuple[str, int, str, str]] = []
+
+    def write(name: str, writer: Callable[[Path], Any]) -> tuple[str, int, str, str]:
+        artifacts.append(store.write_artifact(job.id, name, writer))
+        return artifacts[-1]
+
+    served = write("predictor.nern", lambda p: nern_package.save_package(out.package, p))
+    if out.uncompressed is not None:
+        write("predictor-fp32.nern", lambda p: nern_package.save_package(out.uncompressed, p))
+    write("reconstructed.safetensors",
+          lambda p: save_file({k: v.contiguous() for k, v in out.reconstructed.items()}, p))
+    with tempfile.TemporaryDirectory(dir=work_dir) as tmp:
+        for path in out.importance.save(tmp):
+            write(path.name, lambda p, src=path: shutil.copyfile(src, p))
+    summary = _jsonable(out.summary)
+    summary["package_bytes"] = served[1]
+    summary["checkpoint_bytes"] = job.checkpoint_bytes
+    summary["worker_device"] = _device_label()
+    write("report.json", lambda p: Path(p).write_text(json.dumps(summary, indent=2)))
+    return artifacts, summary
+
+
+def _record_result(job: Job, settings: Settings, lease: Lease, summary: dict[str, Any],
+                   artifacts: list[tuple[str, int, str, str]]) -> bool:
+    """Mark the job succeeded with its summary and artifacts; False when the lease was lost."""
+
+    def finish() -> bool:
+        with session_scope(settings.database_url) as session:
+            return crud.finish_job(
+                session, job.id, lease.owner, summary=summary, artifacts=artifacts,
+                resumed_from_step=summary.get("resumed_from_step"),
+            )
+
+    return retrying(settings, f"result of job {job.id}", finish)
 
 
 def _data_source(store: ArtifactStore, settings: Settings, job_id: str, field: str, value: str | None,

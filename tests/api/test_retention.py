@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from datetime import timedelta
 
+from sqlalchemy import select
+
 from api.dispatch import Dispatcher
 from api.jobstore import crud
 from api.jobstore.artifacts import ArtifactStore
@@ -40,7 +42,7 @@ def test_finished_jobs_past_retention_are_removed_with_their_files(tmp_path):
                                  media_type="application/json", created_at=crud.utcnow()))
     assert Dispatcher(settings).remove_expired() == 2
     with session_scope(settings.database_url) as session:
-        left = sorted(session.scalars(crud.select(Job.id)))
-        arts = sorted(session.scalars(crud.select(Artifact.job_id)))
+        left = sorted(session.scalars(select(Job.id)))
+        arts = sorted(session.scalars(select(Artifact.job_id)))
     assert left == arts == ["new", "queued"]
     assert sorted(p.name for p in (settings.artifact_root / "jobs").iterdir()) == ["new", "queued"]
