@@ -31,7 +31,15 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from nern import FitConfig, fit, load_state_dict, load_target, sha256_file  # noqa: E402
+from nern import (  # noqa: E402
+    FitConfig,
+    evaluate_weights,
+    fit,
+    load_state_dict,
+    load_target,
+    predict_weights,
+    sha256_file,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data"
@@ -107,6 +115,8 @@ def main() -> int:
     ap.add_argument("--name", default=None, help="short label for the table")
     ap.add_argument("--eval-every", type=int, default=0)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--also-test", action="store_true",
+                    help="after the held-out score, also score the fitted package once on the full test set")
     ap.add_argument("--out", default=None, help="also append the JSON line to this file")
     args = ap.parse_args()
 
@@ -155,6 +165,13 @@ def main() -> int:
         "curve": curve,
         "utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
+    if args.also_test:
+        with np.load(SHARED / "cifar10_test.npz") as z:
+            images = torch.from_numpy(z["images"]).permute(0, 3, 1, 2).contiguous()
+            labels = torch.from_numpy(z["labels"]).long()
+        m = evaluate_weights(load_target(sd)[0], predict_weights(result.package), images, labels)
+        line["test"] = {"top1": m["reconstructed_top1"], "agreement": m["agreement"],
+                        "original_top1": m["original_top1"], "images": m["eval_images"]}
     print(json.dumps(line), flush=True)
     if args.out:
         with open(args.out, "a") as f:

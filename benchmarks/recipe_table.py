@@ -1,0 +1,28 @@
+"""Render docs/results/recipe_experiments.jsonl as the markdown table of docs/experiments.md.
+
+    python benchmarks/recipe_table.py [docs/results/recipe_experiments.jsonl]
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+
+def main() -> int:
+    path = Path(sys.argv[1] if len(sys.argv) > 1 else "docs/results/recipe_experiments.jsonl")
+    print("| run | recipe (overrides of FitConfig()) | data | eval | steps | top-1 % | agree % "
+          "| rel. weight err | GFLOP/step | median s/step | top-1 at intermediate steps |")
+    print("| --- | --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |")
+    for line in path.read_text().splitlines():
+        d = json.loads(line)
+        recipe = ", ".join(f"{k}={v}" for k, v in d["recipe"].items()) or "defaults"
+        curve = ", ".join(f"{p['step']}: {p['top1']}" for p in d["curve"][:-1])
+        print(f"| {d['name']} | {recipe} | {d['data']} | {d['eval']} | {d['steps']} | {d['top1']} "
+              f"| {d['agreement']} | {d['rel_err']:.3f} | {d['step_gflop']} | {d['median_step_s']} | {curve} |")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
