@@ -165,17 +165,21 @@ def main() -> int:
         "curve": curve,
         "utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
+    print(json.dumps(line), flush=True)
+    if args.out:
+        with open(args.out, "a") as f:
+            f.write(json.dumps(line) + "\n")
     if args.also_test:
         with np.load(SHARED / "cifar10_test.npz") as z:
             images = torch.from_numpy(z["images"]).permute(0, 3, 1, 2).contiguous()
             labels = torch.from_numpy(z["labels"]).long()
         m = evaluate_weights(load_target(sd)[0], predict_weights(result.package), images, labels)
-        line["test"] = {"top1": m["reconstructed_top1"], "agreement": m["agreement"],
-                        "original_top1": m["original_top1"], "images": m["eval_images"]}
-    print(json.dumps(line), flush=True)
-    if args.out:
-        with open(args.out, "a") as f:
-            f.write(json.dumps(line) + "\n")
+        test = {**line, "eval": "test", "top1": m["reconstructed_top1"], "agreement": m["agreement"],
+                "original_top1": m["original_top1"], "eval_images": m["eval_images"], "curve": []}
+        print(json.dumps(test), flush=True)
+        if args.out:
+            with open(args.out, "a") as f:
+                f.write(json.dumps(test) + "\n")
     return 0
 
 
