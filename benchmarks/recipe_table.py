@@ -19,8 +19,10 @@ def main() -> int:
         d = json.loads(line)
         recipe = ", ".join(f"{k}={v}" for k, v in d["recipe"].items()) or "defaults"
         curve = ", ".join(f"{p['step']}: {p['top1']}" for p in d["curve"][:-1])
+        err = "—" if d.get("rel_err") is None else f"{d['rel_err']:.3f}"
         print(f"| {d['name']} | {recipe} | {d['data']} | {d['eval']} | {d['steps']} | {d['top1']} "
-              f"| {d['agreement']} | {d['rel_err']:.3f} | {d['step_gflop']} | {d['median_step_s']} | {curve} |")
+              f"| {d.get('agreement') or '—'} | {err} | {d['step_gflop']} | {d.get('median_step_s') or '—'} "
+              f"| {curve} |")
     return 0
 
 
