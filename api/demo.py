@@ -54,7 +54,7 @@ def _start_service(home: Path, port: int) -> subprocess.Popen:
     )
 
 
-def run_demo(stop: bool, *, steps: int = 300, port: int = 8000, home: str | os.PathLike | None = None) -> int:
+def run_demo(stop: bool, *, steps: int = 600, port: int = 8000, home: str | os.PathLike | None = None) -> int:
     """Run the main job end to end through the embedded service; returns an exit code."""
     from .jobstore import crud
     from .jobstore.db import migrate, session_scope
@@ -136,7 +136,7 @@ def _follow_job(url: str, key: str, steps: int, proc, stop: bool, home: Path) ->
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m api.demo", description=__doc__.split("\n\n")[0])
     ap.add_argument("--stop", action="store_true", help="stop the service at the end")
-    ap.add_argument("--steps", type=int, default=300)
+    ap.add_argument("--steps", type=int, default=600)
     ap.add_argument("--port", type=int, default=8000)
     ap.add_argument("--data-dir", type=Path)
     args = ap.parse_args(argv)
