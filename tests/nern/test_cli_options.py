@@ -29,7 +29,7 @@ def test_every_fit_setting_is_a_flag_of_both_commands():
     fields = {flag_name(f) for f in FitConfig.model_fields}
     assert fields <= _flags(parser, ["fit"])
     assert fields <= _flags(parser, ["jobs", "submit"])
-    assert {"--optimizer", "--amp", "--no-amp", "--betas", "--augment", "--no-augment"} <= _flags(parser, ["fit"])
+    assert {"--optimizer", flag_name("amp"), "--no-amp", "--betas", "--augment", "--no-augment"} <= _flags(parser, ["fit"])
 
 
 def test_flags_parse_to_the_config_and_only_given_flags_count():
