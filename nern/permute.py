@@ -38,6 +38,8 @@ import numpy as np
 import torch
 from scipy.spatial import cKDTree
 
+from .io import atomic_write
+
 NEIGHBOURS = 24
 DENSE_LIMIT = 2048  # up to this many kernels: exact greedy on the full similarity matrix
 EXACT_LIMIT = 40_000  # up to this many: exact greedy with K-nearest-neighbour lists
@@ -329,7 +331,11 @@ def permute_network(
     out = {name: permute_layer(w, kind) for name, w in weights.items()}
     if cache is not None:
         cache.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cache.with_suffix(f".tmp{os.getpid()}.npz")
-        np.savez(tmp, **{f"{n}|{k}": a for n, p in out.items() for k, a in p.arrays.items()})
-        os.replace(tmp, cache)
+        arrays = {f"{n}|{k}": a for n, p in out.items() for k, a in p.arrays.items()}
+
+        def write(tmp: Path) -> None:
+            with open(tmp, "wb") as f:  # a file object: np.savez adds no ".npz" to the name
+                np.savez(f, **arrays)
+
+        atomic_write(cache, write)
     return out
