@@ -26,10 +26,12 @@ EVENT_FOR_STATE = {JobState.succeeded.value: "job.succeeded", JobState.failed.va
                    JobState.cancelled.value: "job.cancelled"}
 
 
-def _utcnow() -> datetime:
-    from .crud import utcnow
+def _now(session: Session) -> datetime:
+    """The database's clock: delivery leases and retry times are compared by API processes
+    whose own clocks may differ."""
+    from .crud import db_now
 
-    return utcnow()
+    return db_now(session)
 
 
 class Webhook(Base):
@@ -84,7 +86,8 @@ def record_terminal(session: Session, rows: Iterable[tuple[str, int]], state: st
     """Queue the notification of jobs (id, tenant id) that just reached `state`, in the caller's
     transaction."""
     event = EVENT_FOR_STATE[state]
-    now = _utcnow()
+    rows = list(rows)
+    now = _now(session) if rows else None
     for job_id, tenant_id in rows:
         session.add(JobEvent(job_id=job_id, tenant_id=tenant_id, event=event, created_at=now))
 
@@ -94,7 +97,7 @@ def record_terminal(session: Session, rows: Iterable[tuple[str, int]], state: st
 
 def create_hook(session: Session, tenant_id: int, url: str, events: list[str]) -> Webhook:
     hook = Webhook(id=uuid.uuid4().hex, tenant_id=tenant_id, url=url, events=list(events),
-                   secret="whsec_" + secrets.token_urlsafe(32), created_at=_utcnow())
+                   secret="whsec_" + secrets.token_urlsafe(32), created_at=_now(session))
     session.add(hook)
     session.flush()
     return hook
@@ -132,7 +135,7 @@ KEEP_DELIVERIES = timedelta(days=30)
 
 def prune(session: Session) -> None:
     """Forget dispatched events after a week and finished deliveries after a month."""
-    now = _utcnow()
+    now = _now(session)
     session.execute(delete(JobEvent).where(JobEvent.dispatched_at < now - KEEP_EVENTS))
     session.execute(delete(WebhookDelivery).where(WebhookDelivery.status != "pending",
                                                   WebhookDelivery.created_at < now - KEEP_DELIVERIES))
@@ -150,7 +153,7 @@ def fan_out(session: Session, event: JobEvent, body_for: dict[str, str]) -> int:
     `body_for` maps the event name to the JSON body to send. Marking the event dispatched is
     conditional, so two API processes never both fan it out.
     """
-    now = _utcnow()
+    now = _now(session)
     res = session.execute(
         update(JobEvent).where(JobEvent.id == event.id, JobEvent.dispatched_at.is_(None)).values(dispatched_at=now)
     )
@@ -169,7 +172,7 @@ def fan_out(session: Session, event: JobEvent, body_for: dict[str, str]) -> int:
 def claim_due(session: Session, lease_seconds: float, limit: int = 20) -> list[tuple[WebhookDelivery, Webhook]]:
     """Deliveries whose next attempt is due, each pushed `lease_seconds` ahead so no other sender
     takes it while this one posts."""
-    now = _utcnow()
+    now = _now(session)
     due = session.execute(
         select(WebhookDelivery.id, WebhookDelivery.next_attempt_at)
         .where(WebhookDelivery.status == "pending", WebhookDelivery.next_attempt_at <= now)
@@ -195,7 +198,7 @@ def record_attempt(session: Session, delivery_id: str, attempt: dict[str, Any], 
     d = session.get(WebhookDelivery, delivery_id, populate_existing=True)
     if d is None:  # the hook was deleted meanwhile
         return
-    now = _utcnow()
+    now = _now(session)
     d.attempts = [*d.attempts, attempt]
     if ok:
         d.status, d.delivered_at, d.next_attempt_at = "delivered", now, None

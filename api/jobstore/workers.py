@@ -29,15 +29,17 @@ class Worker(Base):
     jobs_total: Mapped[int] = mapped_column(Integer, default=0)
 
 
-def _now() -> datetime:
-    from .crud import utcnow
+def _now(session: Session) -> datetime:
+    """The database's clock: a worker's heartbeat is judged by it (`crud.queue_workers`), so a
+    worker whose own clock is off is still seen alive, and a dead one still seen gone."""
+    from .crud import db_now
 
-    return utcnow()
+    return db_now(session)
 
 
 def beat(session: Session, name: str, hostname: str, queues: str, gpu_memory_bytes: int | None) -> None:
     """Record that this worker process is alive (insert on its first beat)."""
-    now = _now()
+    now = _now(session)
     res = session.execute(
         update(Worker).where(Worker.name == name).values(heartbeat_at=now, gpu_memory_bytes=gpu_memory_bytes)
     )
@@ -52,4 +54,4 @@ def count_job(session: Session, name: str) -> None:
 
 
 def recent(session: Session, within: timedelta = timedelta(hours=1)) -> list[Worker]:
-    return list(session.scalars(select(Worker).where(Worker.heartbeat_at >= _now() - within).order_by(Worker.name)))
+    return list(session.scalars(select(Worker).where(Worker.heartbeat_at >= _now(session) - within).order_by(Worker.name)))

@@ -1,5 +1,6 @@
 """Fixtures: one running service per database backend (SQLite embedded, PostgreSQL + Redis),
-each with a `cpu` worker, and API keys of two tenants."""
+each with a `cpu` worker, and API keys of two tenants; job stores without processes on each
+backend (`store_url`) or on PostgreSQL alone (`pg_url`)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from dataclasses import dataclass
 import httpx
 import pytest
 from harness import Deployment, create_pg_database, drop_pg_database, flush_redis
+from jobstores import PgStore, pg_unreachable, sqlite_store
 
 
 @dataclass
@@ -56,3 +58,27 @@ def live(tmp_path_factory) -> Service:
         yield Service(dep, dep.create_key("tenant-a"), dep.create_key("tenant-b"), "sqlite")
     finally:
         dep.stop()
+
+
+@pytest.fixture(scope="session")
+def pg_store() -> PgStore:
+    reason = pg_unreachable()
+    if reason:
+        pytest.skip(reason)
+    store = PgStore()
+    try:
+        yield store
+    finally:
+        store.drop()
+
+
+@pytest.fixture()
+def pg_url(pg_store) -> str:
+    """The session's PostgreSQL job store, emptied for the test."""
+    return pg_store.empty()
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def store_url(request, tmp_path) -> str:
+    """An empty, migrated job store on each backend."""
+    return sqlite_store(tmp_path) if request.param == "sqlite" else request.getfixturevalue("pg_url")

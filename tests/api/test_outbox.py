@@ -4,36 +4,21 @@ writes none."""
 
 from __future__ import annotations
 
-import uuid
 from datetime import timedelta
 
 import pytest
+from jobstores import insert_job, sqlite_store
 from sqlalchemy import select
 
 from api.jobstore import crud, webhooks
-from api.jobstore.db import migrate, session_scope
+from api.jobstore.db import session_scope
 from api.jobstore.models import Job
 from api.jobstore.states import JobState
 
 
 @pytest.fixture
 def url(tmp_path) -> str:
-    u = f"sqlite:///{tmp_path / 'nern.db'}"
-    migrate(u)
-    return u
-
-
-def _job(url: str, **fields) -> tuple[str, int]:
-    with session_scope(url) as s:
-        tenant = crud.get_or_create_tenant(s, "t")
-        job = Job(id=uuid.uuid4().hex, tenant_id=tenant.id, arch="resnet20", queue="cpu", spec={}, state="queued",
-                  stage="queued", progress=0.0, step=0, total_steps=0, attempts=0, max_attempts=2,
-                  cancel_requested=False, created_at=crud.utcnow(), checkpoint_name="c.th", checkpoint_sha256="0" * 64,
-                  checkpoint_bytes=1)
-        for k, v in fields.items():
-            setattr(job, k, v)
-        s.add(job)
-        return job.id, tenant.id
+    return sqlite_store(tmp_path)
 
 
 def _events(url: str) -> list[tuple[str, str]]:
@@ -42,14 +27,14 @@ def _events(url: str) -> list[tuple[str, str]]:
 
 
 def test_each_terminal_transition_writes_one_event(url):
-    queued, _ = _job(url)
+    queued, _ = insert_job(url)
     with session_scope(url) as s:
         assert crud.request_cancel(s, s.get(Job, queued))
     with session_scope(url) as s:  # already cancelled: no second event
         assert not crud.request_cancel(s, s.get(Job, queued))
 
     with session_scope(url) as s:
-        job = crud.claim_job(s, _job(url)[0], "w:1:a", 60)
+        job = crud.claim_job(s, insert_job(url)[0], "w:1:a", 60)
         ran = job.id
     with session_scope(url) as s:
         assert crud.finish_job(s, ran, "w:1:a", summary={}, artifacts=[], resumed_from_step=None)
@@ -57,15 +42,15 @@ def test_each_terminal_transition_writes_one_event(url):
         assert not crud.end_job(s, ran, "w:2:b", JobState.failed, "late")
 
     with session_scope(url) as s:
-        failing = crud.claim_job(s, _job(url)[0], "w:1:a", 60).id
+        failing = crud.claim_job(s, insert_job(url)[0], "w:1:a", 60).id
     with session_scope(url) as s:
         assert crud.end_job(s, failing, "w:1:a", JobState.failed, "boom")
 
     past = crud.utcnow() - timedelta(seconds=5)
-    lost, _ = _job(url, state="running", attempts=2, lease_owner="w:3:c", lease_expires_at=past)
-    dropped, _ = _job(url, state="running", attempts=1, lease_owner="w:3:c", lease_expires_at=past,
+    lost, _ = insert_job(url, state="running", attempts=2, lease_owner="w:3:c", lease_expires_at=past)
+    dropped, _ = insert_job(url, state="running", attempts=1, lease_owner="w:3:c", lease_expires_at=past,
                       cancel_requested=True)
-    requeued, _ = _job(url, state="running", attempts=1, lease_owner="w:3:c", lease_expires_at=past)
+    requeued, _ = insert_job(url, state="running", attempts=1, lease_owner="w:3:c", lease_expires_at=past)
     with session_scope(url) as s:
         assert crud.expire_leases(s) == 3
 
@@ -77,7 +62,7 @@ def test_each_terminal_transition_writes_one_event(url):
 
 
 def test_fan_out_makes_one_delivery_per_subscribed_hook_once(url):
-    job_id, tenant = _job(url)
+    job_id, tenant = insert_job(url)
     with session_scope(url) as s:
         all_events = webhooks.create_hook(s, tenant, "http://example.com/a", list(webhooks.EVENTS))
         webhooks.create_hook(s, tenant, "http://example.com/b", ["job.failed"])

@@ -101,6 +101,14 @@ def _bad_uploads(tmp_path) -> list[tuple[str, bytes, dict, str, str]]:
          "invalid-spec", "spec.compress.finetune_steps"),
         ("compress not an object", RESNET20.read_bytes(), {**QUEUED_SPEC, "compress": "int8"}, "invalid-spec",
          "spec.compress"),
+        ("zero time limit", RESNET20.read_bytes(), {**QUEUED_SPEC, "time_limit_s": 0}, "invalid-spec",
+         "spec.time_limit_s: Input should be greater than 0"),
+        ("negative time limit", RESNET20.read_bytes(), {**QUEUED_SPEC, "time_limit_s": -3}, "invalid-spec",
+         "spec.time_limit_s: Input should be greater than 0"),
+        ("time limit not a number", RESNET20.read_bytes(), {**QUEUED_SPEC, "time_limit_s": "three"},
+         "invalid-spec", "spec.time_limit_s: Input should be a valid number"),
+        ("time limit a list", RESNET20.read_bytes(), {**QUEUED_SPEC, "time_limit_s": [3]}, "invalid-spec",
+         "spec.time_limit_s: Input should be a valid number"),
     ]
 
 

@@ -1,9 +1,11 @@
 """Job lifecycle with real Celery workers over Redis: durable cancel, kill -9 and resume,
-lease expiry up to max attempts, retry, and queue routing to a gpu worker."""
+lease expiry up to max attempts, retry, queue routing to a gpu worker, and the per-job time
+limit."""
 
 from __future__ import annotations
 
 import time
+from datetime import datetime
 
 import pytest
 from harness import TINY_SPEC, submit, wait_done, wait_for
@@ -112,3 +114,36 @@ def test_job_fails_after_max_attempts_of_lost_workers_then_retry_succeeds(deploy
             deployment.kill(w)
     assert job["state"] == "succeeded" and job["attempts"] == 1
     assert job["resumed_from_step"] > 0  # the retry picked up the saved training state
+
+
+def test_job_past_its_time_limit_fails_and_its_worker_moves_on(deployment, key):
+    w = deployment.start_worker("cpu", "w-limit")  # one pool process: it runs one job at a time
+    try:
+        with deployment.client(key) as c:
+            jid = submit(c, {**LONG, "time_limit_s": 3}).json()["id"]
+            job = wait_done(c, jid, timeout=120)
+            assert (job["state"], job["attempts"]) == ("failed", 1), job
+            assert job["error"] == "the job ran past its time limit of 3 s (spec.time_limit_s)"
+            ran = datetime.fromisoformat(job["finished_at"]) - datetime.fromisoformat(job["started_at"])
+            assert 3 <= ran.total_seconds() < 10  # the sweeper runs every second
+
+            # The worker finds its lease gone at its next heartbeat, stops training and ends the task.
+            deadline = time.monotonic() + 30
+            while ": 'lost'" not in deployment.log("w-limit.log"):  # the task's return value
+                assert time.monotonic() < deadline, deployment.log("w-limit.log")
+                time.sleep(0.3)
+            assert f"lost the lease on job {jid}" in deployment.log("w-limit.log")
+            stopped_at = c.get(f"/jobs/{jid}").json()["step"]
+            time.sleep(1.5)
+            assert c.get(f"/jobs/{jid}").json()["step"] == stopped_at  # nothing runs on
+            assert c.get(f"/jobs/{jid}/artifacts").json()["items"] == []
+            assert not list((deployment.home / "artifacts" / "jobs" / jid).glob("artifacts/*"))
+
+            # The same worker takes the next job and runs it to the end; the first stays failed.
+            nxt = submit(c, TINY_SPEC).json()["id"]
+            assert wait_done(c, nxt, timeout=120)["state"] == "succeeded"
+            assert f"claimed job {nxt}" in deployment.log("w-limit.log")
+            job = c.get(f"/jobs/{jid}").json()
+            assert (job["state"], job["attempts"], job["step"]) == ("failed", 1, stopped_at)
+    finally:
+        deployment.kill(w)

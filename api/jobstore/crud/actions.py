@@ -8,7 +8,7 @@ from sqlalchemy.orm import Session
 from .. import webhooks
 from ..models import Artifact, Job, MetricPoint
 from ..states import RETRYABLE, TERMINAL, JobState, Stage
-from .clock import utcnow
+from .clock import db_now
 
 
 def request_cancel(session: Session, job: Job) -> bool:
@@ -16,7 +16,7 @@ def request_cancel(session: Session, job: Job) -> bool:
 
     Returns False when the job had already finished.
     """
-    now = utcnow()
+    now = db_now(session)
     res = session.execute(
         update(Job)
         .where(Job.id == job.id, Job.state == JobState.queued.value)

@@ -1,4 +1,10 @@
-"""The clocks the job store's decisions use: ours, and the database server's."""
+"""The clocks of the job store: the database server's, and ours.
+
+Worker and API clocks may differ: every time a decision compares (leases, heartbeats and the
+watchdog, time limits, re-sending lost messages, live workers, webhook delivery leases and
+retries, retention) is written and compared in the database's clock (`db_now`), so processes
+on different machines agree. `utcnow` (this process's clock) is left for records no decision
+reads: a job's `created_at`, tenants and API keys, the time in a webhook attempt's log."""
 
 from __future__ import annotations
 

@@ -13,11 +13,11 @@ from sqlalchemy.orm import Session
 from .. import webhooks
 from ..models import Job
 from ..states import TERMINAL, JobState, Stage
-from .clock import db_now, utcnow
+from .clock import db_now
 
 
 def mark_published(session: Session, job_id: str) -> None:
-    session.execute(update(Job).where(Job.id == job_id).values(published_at=utcnow()))
+    session.execute(update(Job).where(Job.id == job_id).values(published_at=db_now(session)))
 
 
 def unpublished_jobs(session: Session, republish_seconds: float | None = None) -> list[tuple[str, str]]:

@@ -15,7 +15,7 @@ from sqlalchemy.orm import Session
 from .. import webhooks
 from ..models import Artifact, Job, MetricPoint
 from ..states import JobState, Stage, overall_progress
-from .clock import db_now, utcnow
+from .clock import db_now
 from .queries import list_artifacts
 
 
@@ -129,7 +129,7 @@ def finish_job(
     resumed_from_step: int | None,
 ) -> bool:
     """Mark the job succeeded with its results and artifacts (name, size, sha256, media type)."""
-    now = utcnow()
+    now = db_now(session)
     res = session.execute(
         update(Job)
         .where(Job.id == job_id, Job.lease_owner == owner, Job.state == JobState.running.value)
@@ -155,7 +155,7 @@ def end_job(session: Session, job_id: str, owner: str, state: JobState, error: s
     res = session.execute(
         update(Job)
         .where(Job.id == job_id, Job.lease_owner == owner, Job.state == JobState.running.value)
-        .values(state=state.value, error=error, finished_at=utcnow(), lease_owner=None, lease_expires_at=None)
+        .values(state=state.value, error=error, finished_at=db_now(session), lease_owner=None, lease_expires_at=None)
         .returning(Job.id, Job.tenant_id)
     ).all()
     webhooks.record_terminal(session, res, state.value)
