@@ -29,6 +29,7 @@ from .config import FitConfig
 from .data import InputSource, load_labelled
 from .errors import ConfigError
 from .evaluate import evaluate_package, evaluate_weights
+from .fold import FoldedNetwork
 from .io import atomic_write
 from .losses import FeatureMapRecorder, distillation_loss, feature_map_loss, reconstruction_loss
 from .model import NernModel
@@ -114,6 +115,8 @@ class NernRun:
         self.distill = config.w_kd > 0 or config.w_fmd > 0
         self.inputs = InputSource(config.data, self.image_size, config.augment, self.gen) if self.distill else None
         self.fmd_names = feature_map_modules(self.target.arch, self.target.module) if config.w_fmd > 0 else []
+        # Distillation runs the network with its batch norms folded into the convolutions.
+        self.train_net = FoldedNetwork.of(self.target.module).to(self.device) if self.distill else None
         self.step = 0
         self.train_seconds = 0.0
         self.history: list[dict] = []
@@ -150,12 +153,12 @@ class NernRun:
 
     def _distillation(self, rows: torch.Tensor, x: torch.Tensor) -> dict[str, torch.Tensor]:
         """KD and feature-map terms of the network rebuilt from `rows` (weight units) on inputs x."""
-        cfg, net = self.config, self.target.module
+        cfg, net = self.config, self.train_net.module
         with FeatureMapRecorder(net, self.fmd_names) as rec:
             with torch.no_grad():
                 t_logits = net(x)
                 t_maps = [m.detach() for m in rec.maps] if self.fmd_names else []
-            s_logits = run_with_weights(net, self.model.to_weights(rows), x)
+            s_logits = run_with_weights(net, self.train_net.weights_for(self.model.to_weights(rows)), x)
             s_maps = rec.maps if self.fmd_names else []
         out = {}
         if cfg.w_kd > 0:
