@@ -73,7 +73,7 @@ class GraphedStep:
         self.device = device
         self.before_capture = before_capture
         self.warmup = warmup
-        self.captures = 0  # graphs captured so far (a test and the bench read it)
+        self.captures = 0  # graphs captured so far (benchmarks/graph_parity.py reports it)
         self._stream = torch.cuda.Stream(device) if device.type == "cuda" else None
         self.reset()
 
