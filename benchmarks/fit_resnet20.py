@@ -9,8 +9,14 @@ Minutes count training time only: evaluation pauses the clock. With --minutes th
 set from the median of the first 20 steps' times (those steps are part of the run; the cosine
 schedule's length only matters after the 50-step warm-up). Prints progress, then as its last
 line one JSON object: median_step_s, steps_per_s, original_top1, final_top1, curve ([seconds,
-step, top1]), the precision and CPU it used (and the GPU with its peak memory), and the
-configuration. Steps run through the library's one training loop (`nern.trainer.Trainer`).
+step, top1]), the precision and CPU it used (and the GPU with its peak memory), whether the
+step ran as a CUDA graph (cuda_graphs) and how often losses were read back (log_every), and
+the configuration. Steps run through the library's one training loop (`nern.trainer.Trainer`).
+
+Step times: on CUDA the host reads the losses (and so waits for the GPU) only every log_every
+steps, so a single step's wall time is only the time to queue it; each step is timed as the
+mean of its read interval (on the CPU, log_every 1: each step's own time). The graph capture
+happens at step 4 (after 3 warm-up steps); the median is robust to it.
 
 `curve` scores what the fit packages: the parameter average with the configuration's
 `ema_decay` (0.99; `--set '{"ema_decay": 0}'` scores the last step's parameters instead).
@@ -59,16 +65,21 @@ class Calibrate(Callback):
 
     def __init__(self, run: NernRun, budget_s: float | None, step_times: list[float]):
         self.run, self.budget, self.step_times = run, budget_s, step_times
+        self._read = (run.step, run.train_seconds)  # step and training time at the last read
 
     def on_step_end(self, trainer: Trainer, losses: dict[str, float]) -> None:
-        self.step_times.append(trainer.last_step_seconds)
-        if self.budget is not None and trainer.step == CALIBRATION_STEPS:
+        if not losses:
+            return  # between reads the host has only queued the steps (see the module docstring)
+        (step0, t0), now = self._read, (trainer.step, self.run.train_seconds)
+        self.step_times.extend([(now[1] - t0) / (now[0] - step0)] * (now[0] - step0))
+        self._read = now
+        if self.budget is not None and step0 < CALIBRATION_STEPS <= trainer.step:
             median = statistics.median(self.step_times[5:])
             trainer.steps = max(trainer.step + 1, int(self.budget / median))
             self.run.config = self.run.config.model_copy(update={"steps": trainer.steps})
             print(f"calibrated: median step {median:.3f}s -> {trainer.steps} steps in {self.budget / 60:g} min",
                   flush=True)
-        if trainer.step % 50 == 0:
+        if trainer.step // 50 > step0 // 50:
             print(f"step {trainer.step:6d}/{trainer.steps}  {self.run.train_seconds:7.1f}s  "
                   + "  ".join(f"{k} {v:.4g}" for k, v in losses.items()), flush=True)
 
@@ -158,7 +169,7 @@ def main() -> int:
 
     budget = None if args.steps else args.minutes * 60.0
     Trainer(run, args.steps or 10**6, [Calibrate(run, budget, step_times), extra,
-                                       EvaluateAlong(args.evals, evaluate)]).run()
+                                       EvaluateAlong(args.evals, evaluate)], log_every=run.log_every).run()
     final = evaluate()
     if args.save_package:
         from nern.package import save_package
@@ -186,6 +197,8 @@ def result_line(run: NernRun, ckpt: str, original_top1: float, final: float, cur
         "threads": torch.get_num_threads(),
         "device": str(run.device),
         "precision": "bf16" if run.amp else "fp32",
+        "cuda_graphs": run.cuda_graphs,
+        "log_every": run.log_every,
         "cpu": describe_cpu(),
         "gpu": torch.cuda.get_device_name(run.device) if cuda else None,
         "gpu_max_memory_mb": round(torch.cuda.max_memory_allocated(run.device) / 2**20, 1) if cuda else None,

@@ -8,6 +8,11 @@
 Training never sees the average: it only decides what is evaluated and packaged. The decay
 warms up as min(decay, (1 + n) / (10 + n)) after n updates, so early averages are not
 dominated by the random initialisation.
+
+`update` is two halves a CUDA graph needs apart: `advance` (on the host: count the update and
+write this update's weight 1 − decay into a 0-dim tensor on the parameters' device) and `blend`
+(on the device only: shadow ← lerp(shadow, parameter, weight)), which a captured training step
+replays while the host advances outside the graph.
 """
 
 from __future__ import annotations
@@ -26,17 +31,28 @@ class ParameterAverage:
         self.decay = decay
         self.updates = 0
         self.shadow = {k: p.detach().clone() for k, p in module.named_parameters()}
+        first = next(iter(self.shadow.values()))
+        self._weight = torch.zeros((), dtype=first.dtype, device=first.device)  # 1 − decay of this update
 
     def current_decay(self) -> float:
         return min(self.decay, (1 + self.updates) / (10 + self.updates))
 
-    @torch.no_grad()
     def update(self, module: nn.Module) -> None:
+        self.advance()
+        self.blend(module)
+
+    def advance(self) -> None:
+        """Count one update and write its weight (1 − decay) to the device (see the module docstring)."""
         self.updates += 1
-        d = self.current_decay()
+        self._weight.fill_(1.0 - self.current_decay())
+
+    @torch.no_grad()
+    def blend(self, module: nn.Module) -> None:
+        """Move the shadow towards the parameters by the weight `advance` wrote; device work only."""
         names = list(self.shadow)
         params = dict(module.named_parameters())
-        torch._foreach_lerp_([self.shadow[k] for k in names], [params[k].detach() for k in names], 1.0 - d)
+        torch._foreach_lerp_([self.shadow[k] for k in names], [params[k].detach() for k in names],
+                             [self._weight] * len(names))
 
     @contextmanager
     def applied(self, module: nn.Module) -> Iterator[nn.Module]:

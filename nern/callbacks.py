@@ -2,11 +2,14 @@
 
     StopWhen(should_stop)          raise CancelledError before a step when asked to
     History(run)                   keep ~200 loss points of the run (resumable, packaged)
-    ProgressReport(on_progress)    a `Progress` after every step (step, losses, lr, ETA)
+    ProgressReport(on_progress)    a `Progress` at every step whose losses were read (step, losses, lr, ETA)
     Evaluations(every, evaluate)   evaluate every N steps (not counted as training time)
     Checkpoints(run, path, every)  save the resumable state every N steps, atomically
     TimeBudget(seconds)            stop once that much training time has passed
-    EachStep(fn)                   call fn(step, losses) after every step
+    EachStep(fn)                   call fn(step, losses) after every step ({} between reads)
+
+Losses reach callbacks at the trainer's reads (every `log_every` steps, see nern.trainer): the
+ones that report losses act on those steps only, so every point carries its own step's values.
 """
 
 from __future__ import annotations
@@ -44,15 +47,23 @@ class StopWhen(Callback):
 
 
 class History(Callback):
-    """Appends {"step", "t", losses...} to `run.history` about 200 times over the schedule."""
+    """Appends {"step", "t", losses...} to `run.history` about 200 times over the schedule: at
+    the first read at or after each multiple of steps // 200, and at the last step."""
 
     def __init__(self, run: NernRun):
         self.run = run
+        self._last_read = 0
+
+    def on_train_start(self, trainer: Trainer) -> None:
+        self._last_read = trainer.step
 
     def on_step_end(self, trainer: Trainer, losses: dict[str, float]) -> None:
-        step = trainer.step
-        if step % max(1, trainer.steps // 200) == 0 or step == trainer.steps:
+        if not losses:
+            return
+        step, every = trainer.step, max(1, trainer.steps // 200)
+        if step // every > self._last_read // every or step == trainer.steps:
             self.run.history.append({"step": step, "t": round(self.run.train_seconds, 3), **losses})
+        self._last_read = step
 
 
 class ProgressReport(Callback):
@@ -61,7 +72,7 @@ class ProgressReport(Callback):
         self.stage = stage
 
     def on_step_end(self, trainer: Trainer, losses: dict[str, float]) -> None:
-        if self.on_progress is not None:
+        if self.on_progress is not None and losses:
             self.on_progress(Progress(self.stage, trainer.step, trainer.steps, losses, losses.get("lr", 0.0),
                                       trainer.task.train_seconds, trainer.eta_seconds()))
 

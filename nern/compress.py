@@ -29,7 +29,6 @@ from .callbacks import EachStep
 from .config import FitConfig
 from .errors import ConfigError, PackageError
 from .evaluate import top1
-from .optim import make_optimizer
 from .package import (
     ENCODED_FORMAT_VERSION,
     PREDICTOR_DTYPES,
@@ -128,8 +127,7 @@ def finetune_run(
     _check_layers(run, package)
     run.model.predictor.load_state_dict({k: v.float() for k, v in state.items()}, strict=True)
     # a fresh optimiser for the loaded weights (Lookahead snapshots its slow weights at creation)
-    run.optimizer = make_optimizer(run.model.predictor.parameters(), cfg.optimizer, cfg.lr, cfg.betas,
-                                   cfg.weight_decay)
+    run.reset_optimizer()
     return run
 
 
@@ -169,7 +167,7 @@ def fine_tune(
     callbacks: list[Callback] = [KeepPruned(run.model.predictor, masks)]
     if on_step is not None:
         callbacks.append(EachStep(on_step))
-    Trainer(run, steps, callbacks).run()
+    Trainer(run, steps, callbacks, log_every=run.log_every).run()
     return {k: v.detach().cpu().float().clone() for k, v in run.model.predictor.state_dict().items()}
 
 

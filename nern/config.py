@@ -85,6 +85,14 @@ class FitConfig(BaseModel):
     device: Device = "auto"
     threads: int | None = Field(None, ge=1, le=256, description="CPU threads; None = torch default")
     checkpoint_every: int = Field(100, ge=0, description="save a resumable state every N steps; 0 = never")
+    cuda_graphs: bool | None = Field(
+        None, description="replay the whole training step as one captured CUDA graph; None = where it can "
+                          "(CUDA, kernel_batch_size 0, adam), True where it cannot is an error",
+    )
+    log_every: int | None = Field(
+        None, ge=1, description="read the losses back from the device every N steps (progress, history, the "
+                                "divergence check); None = every step on the CPU, every 10 on CUDA",
+    )
 
     @model_validator(mode="after")
     def _check(self) -> FitConfig:

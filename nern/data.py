@@ -11,6 +11,7 @@ $NERN_DATA_DIR, else ../shared/data beside the checkout, else the small sample s
 
 from __future__ import annotations
 
+import functools
 import os
 from pathlib import Path
 
@@ -122,20 +123,35 @@ def load_labelled(source: str, image_size: int, limit: int | None = None) -> tup
     return fixed_subset(images, labels, limit)
 
 
+@functools.cache
+def _constants_on(device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """MEAN and STD on `device`, copied there once (not once per batch)."""
+    return MEAN.to(device), STD.to(device)
+
+
 def normalize(images_u8: torch.Tensor) -> torch.Tensor:
-    return (images_u8.float() / 255.0 - MEAN.to(images_u8.device)) / STD.to(images_u8.device)
+    mean, std = _constants_on(images_u8.device)
+    return (images_u8.float() / 255.0 - mean) / std
 
 
 class InputSource:
-    """Batches of normalised network inputs; its random state is saved with training state."""
+    """Batches of normalised network inputs, made on the device of `generator`.
+
+    The images live on that device and are augmented there (random crop after zero-padding 4,
+    random horizontal flip), and every draw (epoch order, crop offsets, flips, noise) comes from
+    `generator`, so a CUDA run assembles its batches without host round trips. On the CPU the
+    draws and the batches are the ones this class has always made. `state_dict` holds the epoch
+    order, the cursor and the generator's state: a resumed run draws exactly the same batches.
+    """
 
     def __init__(self, spec: str, image_size: int, augment: bool, generator: torch.Generator):
         self.noise = spec == "noise"
         self.image_size = image_size
         self.augment = augment
         self.gen = generator
-        self.images = None if self.noise else load_images(spec, image_size)[0]
-        self._order = torch.empty(0, dtype=torch.long)
+        self.device = generator.device
+        self.images = None if self.noise else load_images(spec, image_size)[0].to(self.device)
+        self._order = torch.empty(0, dtype=torch.long, device=self.device)
         self._cursor = 0
 
     def __len__(self) -> int:
@@ -143,7 +159,8 @@ class InputSource:
 
     def next_batch(self, batch_size: int) -> torch.Tensor:
         if self.noise:
-            return torch.rand((batch_size, 3, self.image_size, self.image_size), generator=self.gen) * 4 - 2
+            shape = (batch_size, 3, self.image_size, self.image_size)
+            return torch.rand(shape, generator=self.gen, device=self.device) * 4 - 2
         idx = self._take(batch_size)
         x = self.images[idx]
         if self.augment:
@@ -154,7 +171,7 @@ class InputSource:
         out = []
         while n > 0:
             if self._cursor >= len(self._order):
-                self._order = torch.randperm(len(self), generator=self.gen)
+                self._order = torch.randperm(len(self), generator=self.gen, device=self.device)
                 self._cursor = 0
             part = self._order[self._cursor : self._cursor + n]
             self._cursor += len(part)
@@ -165,20 +182,23 @@ class InputSource:
     def _crop_flip(self, x: torch.Tensor, pad: int = 4) -> torch.Tensor:
         """Random crop after zero-padding by `pad`, and random horizontal flip (vectorised)."""
         b, _, h, w = x.shape
+        dev = x.device
         padded = torch.nn.functional.pad(x, (pad, pad, pad, pad))
-        oy = torch.randint(0, 2 * pad + 1, (b,), generator=self.gen)
-        ox = torch.randint(0, 2 * pad + 1, (b,), generator=self.gen)
-        flip = torch.rand(b, generator=self.gen) < 0.5
-        rows = oy[:, None] + torch.arange(h)
-        cols = ox[:, None] + torch.arange(w)
+        oy = torch.randint(0, 2 * pad + 1, (b,), generator=self.gen, device=dev)
+        ox = torch.randint(0, 2 * pad + 1, (b,), generator=self.gen, device=dev)
+        flip = torch.rand(b, generator=self.gen, device=dev) < 0.5
+        rows = oy[:, None] + torch.arange(h, device=dev)
+        cols = ox[:, None] + torch.arange(w, device=dev)
         cols = torch.where(flip[:, None], cols.flip(1), cols)
-        bi = torch.arange(b)[:, None, None]
+        bi = torch.arange(b, device=dev)[:, None, None]
         out = padded.permute(0, 2, 3, 1)[bi, rows[:, :, None], cols[:, None, :]]
         return out.permute(0, 3, 1, 2).contiguous()
 
     def state_dict(self) -> dict:
-        return {"order": self._order.clone(), "cursor": self._cursor}
+        return {"order": self._order.cpu(), "cursor": self._cursor, "generator": self.gen.get_state()}
 
     def load_state_dict(self, state: dict) -> None:
-        self._order = state["order"].clone()
+        self._order = state["order"].to(self.device)
         self._cursor = int(state["cursor"])
+        if "generator" in state:  # states written before the inputs kept their own generator's state
+            self.gen.set_state(state["generator"].cpu())

@@ -103,14 +103,22 @@ class KernelLayout:
                     centre_crop_index(self.k_max, k),
                 )
             )
+        self._device_groups: dict[torch.device, list] = {}
+
+    def _groups_on(self, device: torch.device) -> list[tuple[list[int], torch.Tensor, torch.Tensor]]:
+        """`groups` with the index tensors on `device`, copied there once: writing the weights
+        then makes no host-to-device copy (a CUDA graph cannot capture one)."""
+        if device not in self._device_groups:
+            self._device_groups[device] = [(ids, rows.to(device), crop.to(device)) for ids, rows, crop in self.groups]
+        return self._device_groups[device]
 
     def to_weights(self, rows: torch.Tensor) -> dict[str, torch.Tensor]:
         """Predictor output [N, k_max²] (row order) → {param name: weight in original order}."""
         out: dict[str, torch.Tensor] = {}
-        for layer_ids, gather_rows, crop in self.groups:
-            block = rows.index_select(0, gather_rows.to(rows.device))
+        for layer_ids, gather_rows, crop in self._groups_on(rows.device):
+            block = rows.index_select(0, gather_rows)
             if crop.numel() != rows.shape[1]:
-                block = block.index_select(1, crop.to(rows.device))
+                block = block.index_select(1, crop)
             sizes = [self.layers[i].num_kernels for i in layer_ids]
             for li, part in zip(layer_ids, torch.split(block, sizes)):
                 out[self.layers[li].name] = part.reshape(self.layers[li].shape)

@@ -9,13 +9,18 @@ predict the kernels in one batched call, write them into the network through the
 built once (`KernelLayout`), run it with `torch.func.functional_call` so gradients of all three
 losses reach the predictor. `fit` drives it with the one training loop (`nern.trainer.Trainer`)
 and the callbacks of `nern.callbacks`.
+
+The step is device work only: the inputs are made on the run's device, the learning rate and
+the average's weight are written into device tensors before it, and the losses come back as a
+lazy `StepLosses` that the loop reads every `log_every` steps. On CUDA with all kernels every
+step and Adam, that same step function is captured once as a CUDA graph and replayed
+(`nern.graphed`, `FitConfig.cuda_graphs`); everywhere else it runs eagerly.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
-import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -30,13 +35,15 @@ from .data import InputSource, load_labelled
 from .errors import ConfigError
 from .evaluate import evaluate_package, evaluate_weights
 from .fold import FoldedNetwork
+from .graphed import GraphedStep, use_cuda_graphs
 from .io import atomic_write
 from .losses import FeatureMapRecorder, distillation_loss, feature_map_loss, reconstruction_loss
 from .model import NernModel
-from .optim import learning_rate, make_optimizer
+from .optim import learning_rate, load_optimizer_state, make_optimizer, set_learning_rate
 from .package import Package, build_package
 from .permute import LayerPermutation, permute_network, smoothness
 from .precision import resolve_amp
+from .readback import StepLosses
 from .reconstruct import find_modeled_layers, run_with_weights
 from .targets import TargetNetwork, feature_map_modules
 from .trainer import Trainer
@@ -45,6 +52,7 @@ log = logging.getLogger(__name__)
 
 STATE_FILE = "train_state.pt"
 MAGNITUDE_BATCH_PROB = 0.2  # reference: 80% uniform subsets, 20% norm-weighted draws
+CUDA_LOG_EVERY = 10  # default read-back cadence on CUDA (FitConfig.log_every=None)
 
 
 @dataclass
@@ -108,20 +116,36 @@ class NernRun:
         self.targets_std = self.targets / self.model.row_scale  # in the predictor's units
         self.mask = self.model.layout.valid_mask().to(self.device)
         self.kernel_norms = self.targets.norm(dim=1).cpu()
-        self.optimizer = make_optimizer(self.model.predictor.parameters(), config.optimizer, config.lr,
-                                        config.betas, config.weight_decay)
+        self.cuda_graphs = use_cuda_graphs(config, self.device, self.model.num_kernels)
+        self.log_every = config.log_every or (CUDA_LOG_EVERY if self.device.type == "cuda" else 1)
+        self._graphed = GraphedStep(lambda x: self._step(x, None), self.device,
+                                    before_capture=lambda: self.optimizer.zero_grad(set_to_none=True)
+                                    ) if self.cuda_graphs else None
+        self.reset_optimizer()
         self.average = ParameterAverage(self.model.predictor, config.ema_decay) if config.ema_decay > 0 else None
-        self.gen = torch.Generator().manual_seed(config.seed)
+        self.gen = torch.Generator().manual_seed(config.seed)  # kernel batches (host draws)
         self.distill = config.w_kd > 0 or config.w_fmd > 0
-        self.inputs = InputSource(config.data, self.image_size, config.augment, self.gen) if self.distill else None
+        # Inputs are drawn on the run's device; on the CPU from the same generator as ever.
+        input_gen = self.gen if self.device.type == "cpu" else torch.Generator(self.device).manual_seed(config.seed)
+        self.inputs = InputSource(config.data, self.image_size, config.augment, input_gen) if self.distill else None
         self.fmd_names = feature_map_modules(self.target.arch, self.target.module) if config.w_fmd > 0 else []
         # Distillation runs the network with its batch norms folded into the convolutions.
         self.train_net = FoldedNetwork.of(self.target.module).to(self.device) if self.distill else None
+        self.distill_terms = [k for k, w in (("kd", config.w_kd), ("fmd", config.w_fmd)) if w > 0]
         self.step = 0
         self.train_seconds = 0.0
         self.history: list[dict] = []
         self.resumed_from_step = 0
         self._cached_rows: torch.Tensor | None = None
+
+    def reset_optimizer(self) -> None:
+        """A fresh optimiser for the predictor's current parameters (graph-safe when the step is
+        captured); fine-tuning starts one."""
+        cfg = self.config
+        self.optimizer = make_optimizer(self.model.predictor.parameters(), cfg.optimizer, cfg.lr, cfg.betas,
+                                        cfg.weight_decay, graph_safe=self.cuda_graphs)
+        if self._graphed is not None:
+            self._graphed.reset()  # the graph held the old optimiser's state tensors
 
     # ---- the reconstruction that is evaluated and packaged --------------------------------
     def averaged(self):
@@ -141,7 +165,8 @@ class NernRun:
     # ---- one step -------------------------------------------------------------------------
     def _predict(self, idx: torch.Tensor | None) -> torch.Tensor:
         """Predictor forward with gradients in std units; bf16 matrix products when amp is on."""
-        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
+        # no cast cache: a captured step must recast the weights each replay (it costs nothing here)
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp, cache_enabled=False):
             out = self.model.normalized(idx)
         return out.float()
 
@@ -167,13 +192,33 @@ class NernRun:
             out["fmd"] = feature_map_loss(s_maps, t_maps)
         return out
 
-    def train_step(self) -> dict[str, float]:
+    def train_step(self) -> StepLosses:
+        """One optimiser step. The host sets this step's learning rate and average weight in
+        place, draws the kernel batch and the input batch, then runs `_step` (replayed as a CUDA
+        graph when `cuda_graphs`); the losses stay on the device until read."""
         cfg = self.config
         lr = learning_rate(self.step, cfg.steps, cfg.lr, cfg.min_lr, cfg.lr_warmup_steps)
-        for g in self.optimizer.param_groups:
-            g["lr"] = lr
-        kb = cfg.kernel_batch_size
-        idx = None if kb == 0 or kb >= self.model.num_kernels else self._sample_kernels(kb).to(self.device)
+        set_learning_rate(self.optimizer, lr)
+        if self.average is not None:
+            self.average.advance()
+        idx = self._kernel_batch()
+        distilling = self.distill and self.step >= cfg.distill_warmup_steps
+        x = self.inputs.next_batch(cfg.batch_size) if distilling else None
+        values = self._graphed(x) if self._graphed is not None else self._step(x, idx)
+        self.step += 1
+        names = ["rec", *(self.distill_terms if distilling else []), "loss"]
+        return StepLosses(names, values, {"lr": lr}, self.step)
+
+    def _kernel_batch(self) -> torch.Tensor | None:
+        """Rows carrying gradients this step; None = all (kernel_batch_size 0)."""
+        kb = self.config.kernel_batch_size
+        return None if kb == 0 or kb >= self.model.num_kernels else self._sample_kernels(kb).to(self.device)
+
+    def _step(self, x: torch.Tensor | None, idx: torch.Tensor | None) -> torch.Tensor:
+        """Forward, losses, backward, clipping, optimiser step and average update on inputs x
+        (None: reconstruction only) for kernel rows idx (None: all). Device work only — no host
+        sync — so with idx None it is what `GraphedStep` captures. Returns [terms..., loss]."""
+        cfg = self.config
         norm = self._predict(idx)  # std units
         scale = self.model.row_scale if idx is None else self.model.row_scale[idx]
         mask = self.mask if idx is None else self.mask[idx]
@@ -183,13 +228,12 @@ class NernRun:
         else:
             l_rec = reconstruction_loss(rows, self.targets if idx is None else self.targets[idx], mask)
         terms = {"rec": l_rec}
-        if self.distill and self.step >= cfg.distill_warmup_steps:
+        if x is not None:
             if idx is not None:
                 if self._cached_rows is None or self.step % cfg.repredict_every == 0:
                     with torch.no_grad():
                         self._cached_rows = self.model()
                 rows = self._cached_rows.index_put((idx,), rows)
-            x = self.inputs.next_batch(cfg.batch_size).to(self.device)
             terms.update(self._distillation(rows, x))
         weights = {"rec": cfg.w_rec, "kd": cfg.w_kd, "fmd": cfg.w_fmd}
         loss = sum(weights[k] * v for k, v in terms.items())
@@ -200,14 +244,8 @@ class NernRun:
             torch.nn.utils.clip_grad_norm_(self.model.predictor.parameters(), cfg.grad_clip)
         self.optimizer.step()
         if self.average is not None:
-            self.average.update(self.model.predictor)
-        self.step += 1
-        out = {k: v.item() for k, v in terms.items()}
-        out["loss"] = loss.item()
-        out["lr"] = lr
-        if not all(math.isfinite(v) for v in out.values()):
-            raise ConfigError(f"training diverged at step {self.step} (non-finite loss); lower lr")
-        return out
+            self.average.blend(self.model.predictor)
+        return torch.stack([t.detach() for t in (*terms.values(), loss)])
 
     # ---- checkpoint / resume --------------------------------------------------------------
     def state(self) -> dict:
@@ -230,12 +268,14 @@ class NernRun:
 
     def load_state(self, path: Path) -> None:
         state = torch.load(path, map_location=self.device, weights_only=True)
-        if state["config"] != self.config.model_dump(mode="json"):
+        if not self._same_config(state["config"]):
             raise ConfigError(f"{path} was written by a different configuration; use a fresh work_dir")
         if state["source_sha256"] != self.source_sha256:
             raise ConfigError(f"{path} belongs to a different checkpoint; use a fresh work_dir")
         self.model.predictor.load_state_dict(state["predictor"])
-        self.optimizer.load_state_dict(state["optimizer"])
+        load_optimizer_state(self.optimizer, state["optimizer"])
+        if self._graphed is not None:
+            self._graphed.reset()  # loading made new optimiser state tensors
         if self.average is not None:
             self.average.load_state_dict(state["average"])
         self.gen.set_state(state["generator"].cpu())
@@ -245,6 +285,15 @@ class NernRun:
         self.train_seconds = float(state["train_seconds"])
         self.history = list(state["history"])
         self.resumed_from_step = self.step
+
+    def _same_config(self, stored: dict) -> bool:
+        """Whether a saved state's configuration is this run's; fields added since it was saved
+        take their defaults (a state from before `cuda_graphs`/`log_every` still resumes)."""
+        try:
+            stored = FitConfig.model_validate(stored).model_dump(mode="json")
+        except ValueError:
+            return False
+        return stored == self.config.model_dump(mode="json")
 
 
 def fit(
@@ -281,7 +330,7 @@ def fit(
         StopWhen(should_stop), History(run), ProgressReport(on_progress),
         Evaluations(config.eval_every if eval_data is not None else 0, evaluate_now),
         Checkpoints(run, state_path, config.checkpoint_every), TimeBudget(time_budget_s),
-    ]).run()
+    ], log_every=run.log_every).run()
 
     if on_progress is not None:
         on_progress(Progress("evaluating", run.step, config.steps, {}, 0.0, run.train_seconds, None))
@@ -291,6 +340,7 @@ def fit(
         "train_seconds": round(run.train_seconds, 2),
         "permute_seconds": round(run.permute_seconds, 2),
         "precision": "bf16" if run.amp else "fp32",
+        "cuda_graphs": run.cuda_graphs,
         "resumed_from_step": run.resumed_from_step,
         "final_losses": run.history[-1] if run.history else {},
         "smoothness": run.smoothness,

@@ -4,13 +4,21 @@
     trainer.run()
 
 A task is anything with `step` (steps done so far, e.g. after a resume), `train_seconds`
-(training time so far) and `train_step() -> dict[str, float]` (one optimiser step; returns its
-losses and "lr"). The trainer times each step — only `train_step` counts as training time, so
+(training time so far) and `train_step() -> Mapping[str, float]` (one optimiser step; returns its
+losses and "lr"). The mapping may be lazy — a GPU task returns losses still on the device
+(`nern.readback.StepLosses`), and reading them makes the host wait for the device — so the
+trainer reads them only every `log_every` steps and at the last step of the schedule. The
+trainer times each step — only `train_step` and that read count as training time, so
 evaluations and checkpoints in callbacks never inflate it — and calls, in order:
 
     on_train_start(trainer)
     for each step:  on_step_start(trainer)  →  task.train_step()  →  on_step_end(trainer, losses)
     on_train_end(trainer)                      (also after `trainer.request_stop()`)
+
+`losses` is a plain dict of the losses read at this step, and {} on the steps in between (with
+log_every=1, the default, every step's). Between reads the host does not wait for the device,
+so `last_step_seconds` of a GPU task is the time to queue the step; a read step's includes the
+device catching up, and `train_seconds` is exact at every read.
 
 A callback stops training early with `trainer.request_stop()` (the step in flight completes), or
 aborts it by raising (e.g. `CancelledError`). `nern.callbacks` has the ones fit, fine-tuning and
@@ -20,7 +28,7 @@ the benchmarks use.
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Protocol
 
 
@@ -28,7 +36,7 @@ class TrainTask(Protocol):
     step: int
     train_seconds: float
 
-    def train_step(self) -> dict[str, float]: ...
+    def train_step(self) -> Mapping[str, float]: ...
 
 
 class Callback:
@@ -48,10 +56,13 @@ class Callback:
 
 
 class Trainer:
-    def __init__(self, task: TrainTask, steps: int, callbacks: Sequence[Callback] = ()):
+    def __init__(self, task: TrainTask, steps: int, callbacks: Sequence[Callback] = (), log_every: int = 1):
+        if log_every < 1:
+            raise ValueError(f"log_every must be at least 1, got {log_every}")
         self.task = task
         self.steps = steps  # callbacks may change it (the bench sets it after calibrating)
         self.callbacks = list(callbacks)
+        self.log_every = log_every
         self.start_step = task.step
         self.start_seconds = task.train_seconds
         self.last_step_seconds = 0.0
@@ -70,6 +81,10 @@ class Trainer:
     def eta_seconds(self) -> float:
         return self.seconds_per_step * max(0, self.steps - self.task.step)
 
+    def reads_losses(self) -> bool:
+        """Whether the losses of the step just taken are read (every log_every steps, and the last)."""
+        return self.task.step % self.log_every == 0 or self.task.step >= self.steps
+
     def request_stop(self) -> None:
         self._stop = True
 
@@ -79,6 +94,7 @@ class Trainer:
             self._emit("on_step_start")
             t0 = time.perf_counter()
             losses = self.task.train_step()
+            losses = dict(losses) if self.reads_losses() else {}
             self.last_step_seconds = time.perf_counter() - t0
             self.task.train_seconds += self.last_step_seconds
             self._emit("on_step_end", losses)

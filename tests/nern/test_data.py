@@ -53,3 +53,30 @@ def test_noise_mode_is_uniform_in_minus_two_two_and_seeded():
     a = InputSource("noise", 32, False, torch.Generator().manual_seed(1)).next_batch(16)
     b = InputSource("noise", 32, False, torch.Generator().manual_seed(1)).next_batch(16)
     assert torch.equal(a, b) and a.min() >= -2 and a.max() <= 2 and a.shape == (16, 3, 32, 32)
+
+
+def test_batches_follow_the_generator_draws_by_hand():
+    """The batch is an independent recomputation from the same draws: the epoch order, then per
+    batch the row offsets, the column offsets and the flips (the CPU stream of every release)."""
+    src = InputSource("cifar10", 32, True, torch.Generator().manual_seed(3))
+    batch = src.next_batch(5)
+    gen = torch.Generator().manual_seed(3)
+    order = torch.randperm(len(src), generator=gen)
+    oy, ox = torch.randint(0, 9, (5,), generator=gen), torch.randint(0, 9, (5,), generator=gen)
+    flip = torch.rand(5, generator=gen) < 0.5
+    for i in range(5):
+        padded = torch.nn.functional.pad(src.images[order[i]], (4, 4, 4, 4))
+        crop = padded[:, oy[i] : oy[i] + 32, ox[i] : ox[i] + 32]
+        crop = crop.flip(-1) if flip[i] else crop
+        assert torch.equal(batch[i], normalize(crop[None])[0])
+
+
+def test_resuming_an_input_source_gives_the_same_batches():
+    src = InputSource("cifar10", 32, True, torch.Generator().manual_seed(5))
+    src.next_batch(7)
+    state = src.state_dict()
+    expected = [src.next_batch(7) for _ in range(3)]
+    resumed = InputSource("cifar10", 32, True, torch.Generator().manual_seed(99))
+    resumed.load_state_dict(state)
+    assert all(torch.equal(a, resumed.next_batch(7)) for a in expected)
+    assert src.images.device == src.device == torch.device("cpu")
