@@ -27,3 +27,11 @@ class KernelPredictor(nn.Module):
         """[N, in_dim] → [N, k·k] (flattened kernels)."""
         return self.net(embedding)
 
+    @property
+    def first(self) -> nn.Linear:
+        return self.net[0]
+
+    def after_first(self, pre: torch.Tensor) -> torch.Tensor:
+        """The rest of the network from the first Linear's output: forward(e) == after_first(first(e))."""
+        return self.net[1:](pre)
+

@@ -61,7 +61,7 @@ def test_a_fit_uses_the_choice_for_the_cpu_it_runs_on(resnet20_sd, monkeypatch, 
     run = NernRun(resnet20_sd, cfg, None)
     assert run.amp is (precision == "bf16")
     seen = []
-    handle = run.model.predictor.net[0].register_forward_hook(lambda m, i, o: seen.append(o.dtype))
+    handle = run.model.predictor.net[-1].register_forward_hook(lambda m, i, o: seen.append(o.dtype))
     run.train_step()
     handle.remove()
     assert seen == [torch.bfloat16 if precision == "bf16" else torch.float32]
