@@ -42,7 +42,9 @@ class FitConfig(BaseModel):
     repredict_every: int = Field(
         1, ge=1, description="re-predict the no-grad kernels every N steps (with kernel_batch_size > 0)"
     )
-    lr: float = Field(3e-3, gt=0.0, le=1.0)
+    # 6e-3 suits the default 600-step schedule: 91.4 % held-out vs 81.6 % at 3e-3 (distilling on
+    # the shipped sample; docs/experiments.md); the long-schedule bench recipe keeps 3e-3.
+    lr: float = Field(6e-3, gt=0.0, le=1.0)
     min_lr: float = Field(1e-6, ge=0.0)
     lr_warmup_steps: int = Field(50, ge=0, description="linear learning-rate warm-up")
     optimizer: Literal["ranger", "adam"] = "adam"
