@@ -92,11 +92,14 @@ def step_gflop(cfg: FitConfig, net_gflop: float, num_kernels: int) -> float:
     """FLOP of one training step: the predictor forward+backward (3× forward) over the kernels
     that carry gradients, the no-grad re-prediction of all kernels every `repredict_every`
     steps (with kernel batches), the teacher forward (1×) and the student forward+backward
-    (3×: input and weight gradients) on batch_size images."""
+    (3×: input and weight gradients) on batch_size images. With all kernels every step the
+    first layer is computed per coordinate (`nern.model.SeparableFirstLayer`): its products
+    over ~150 distinct coordinates instead of every kernel are left out (its forward and weight
+    gradient; the embedding needs no input gradient, so the other layers count 3×)."""
     p = predictor_gflop_per_kernel(cfg)
     kb = cfg.kernel_batch_size
     if kb == 0 or kb >= num_kernels:
-        pred = 3 * p * num_kernels
+        pred = 3 * (p - 2 * cfg.embedding_dim * cfg.hidden / 1e9) * num_kernels
     else:
         pred = 3 * p * kb + p * num_kernels / cfg.repredict_every
     distill = cfg.w_kd > 0 or cfg.w_fmd > 0

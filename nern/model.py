@@ -118,12 +118,19 @@ class SeparableFirstLayer(nn.Module):
     def forward(self, first: nn.Linear) -> torch.Tensor:
         """first(embedding) for every row: [N, hidden]."""
         w_l, w_f, w_c = first.weight.chunk(3, dim=1)
-        per_layer = torch.nn.functional.linear(self.layer_emb, w_l, first.bias)
-        per_filter = torch.nn.functional.linear(self.filter_emb, w_f).split([s[0] for s in self.shapes])
-        per_channel = torch.nn.functional.linear(self.channel_emb, w_c).split([s[1] for s in self.shapes])
+        # The three partial products are summed in float32 (under bf16 autocast too): one rounding
+        # of the sum, as the plain product's float32 accumulation has, not three.
+        per_layer = _wide(torch.nn.functional.linear(self.layer_emb, w_l, first.bias))
+        per_filter = _wide(torch.nn.functional.linear(self.filter_emb, w_f)).split([s[0] for s in self.shapes])
+        per_channel = _wide(torch.nn.functional.linear(self.channel_emb, w_c)).split([s[1] for s in self.shapes])
         parts = [((f + per_layer[i])[:, None, :] + c[None, :, :]).flatten(0, 1)
                  for i, (f, c) in enumerate(zip(per_filter, per_channel))]
         return torch.cat(parts)
+
+
+def _wide(x: torch.Tensor) -> torch.Tensor:
+    """x in float32 at least (float64 stays)."""
+    return x if x.dtype in (torch.float32, torch.float64) else x.float()
 
 
 __all__ = ["NernModel", "SeparableFirstLayer"]
