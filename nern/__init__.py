@@ -16,25 +16,38 @@ Public surface (everything else is private to the library):
 
 __version__ = "0.1.0"
 
-from .checkpoint import load_state_dict, load_state_dict_bytes
-from .config import FitConfig
-from .errors import (
-    CancelledError,
-    CheckpointError,
-    ConfigError,
-    DataError,
-    NernError,
-    PackageError,
-    TargetError,
-    UnsafeCheckpointError,
-)
-from .evaluate import evaluate_package, evaluate_weights, layer_errors
-from .io import sha256_file
-from .model import NernModel
-from .package import Package, load_package, predict_weights, reconstruct, save_package
-from .targets import create_target, detect_target, list_targets, load_target
-from .train import FitResult, Progress, fit
-from .trainer import Callback, Trainer
+# The names are imported on first use (PEP 562), so `import nern.cli` or `nern.config` does not
+# load torch: the service's client commands (`nern jobs ...`) start in a fraction of a second.
+_EXPORTS = {
+    "load_state_dict": "checkpoint", "load_state_dict_bytes": "checkpoint",
+    "FitConfig": "config",
+    "CancelledError": "errors", "CheckpointError": "errors", "ConfigError": "errors", "DataError": "errors",
+    "NernError": "errors", "PackageError": "errors", "TargetError": "errors", "UnsafeCheckpointError": "errors",
+    "evaluate_package": "evaluate", "evaluate_weights": "evaluate", "layer_errors": "evaluate",
+    "sha256_file": "io",
+    "NernModel": "model",
+    "Package": "package", "load_package": "package", "predict_weights": "package", "reconstruct": "package",
+    "save_package": "package",
+    "create_target": "targets", "detect_target": "targets", "list_targets": "targets", "load_target": "targets",
+    "FitResult": "train", "Progress": "train", "fit": "train",
+    "Callback": "trainer", "Trainer": "trainer",
+}
+
+
+def __getattr__(name: str):
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'nern' has no attribute {name!r}")
+    from importlib import import_module
+
+    value = getattr(import_module(f".{module}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)
+
 
 __all__ = [
     "Callback", "CancelledError", "CheckpointError", "ConfigError", "DataError", "FitConfig", "FitResult",

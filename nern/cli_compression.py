@@ -183,8 +183,8 @@ def cmd_compress_sweep(args: argparse.Namespace) -> int:
 # ---- registration ---------------------------------------------------------------------------------
 
 def register(subparsers) -> None:
-    from .compress import DEFAULT_SWEEP_DTYPES, DEFAULT_SWEEP_FRACTIONS, QUANTIZE_CHOICES
-    from .importance import DEFAULT_FRACTIONS, PRUNING_METHODS
+    from .config import DEFAULT_PRUNING_FRACTIONS as DEFAULT_FRACTIONS
+    from .config import DEFAULT_SWEEP_DTYPES, DEFAULT_SWEEP_FRACTIONS, PRUNING_METHODS, QUANTIZE_CHOICES
 
     def fractions_default(values) -> str:
         return ",".join(f"{v:g}" for v in values)

@@ -26,7 +26,7 @@ from collections.abc import Callable, Mapping, Sequence
 import torch
 
 from .callbacks import EachStep
-from .config import FitConfig
+from .config import DEFAULT_SWEEP_DTYPES, DEFAULT_SWEEP_FRACTIONS, QUANTIZE_CHOICES, FitConfig
 from .errors import ConfigError, PackageError
 from .evaluate import top1
 from .package import (
@@ -43,9 +43,6 @@ from .trainer import Callback, Trainer
 
 log = logging.getLogger(__name__)
 
-QUANTIZE_CHOICES = ("none", "fp16", "int8")
-DEFAULT_SWEEP_FRACTIONS = (0.0, 0.3, 0.5, 0.7, 0.9)
-DEFAULT_SWEEP_DTYPES = ("fp32", "fp16", "int8")
 
 
 # ---- pruning --------------------------------------------------------------------------------

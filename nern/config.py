@@ -111,6 +111,15 @@ class FitConfig(BaseModel):
         return 6 * self.emb_levels
 
 
+# Choices and defaults of the compression and importance commands. They live here, with the
+# settings, so that building the command line does not import torch.
+QUANTIZE_CHOICES = ("none", "fp16", "int8")
+DEFAULT_SWEEP_FRACTIONS = (0.0, 0.3, 0.5, 0.7, 0.9)
+DEFAULT_SWEEP_DTYPES = ("fp32", "fp16", "int8")
+DEFAULT_PRUNING_FRACTIONS = tuple(round(0.1 * i, 1) for i in range(10))  # 0 … 90 %
+PRUNING_METHODS = ("importance", "magnitude", "random")
+
+
 class CompressConfig(BaseModel):
     """Meta-compression of a fitted predictor (`nern.compress.compress_package`): global magnitude
     pruning of its weight matrices, optional fine-tuning with the pruned weights held at zero,
@@ -119,5 +128,5 @@ class CompressConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     prune: float = Field(0.0, ge=0.0, le=0.99, description="fraction of the predictor's matrix weights zeroed")
-    quantize: Literal["none", "fp16", "int8"] = Field("none", description="storage of the predictor's weights")
+    quantize: Literal[QUANTIZE_CHOICES] = Field("none", description="storage of the predictor's weights")
     finetune_steps: int = Field(0, ge=0, le=10_000_000, description="training steps after pruning; 0 = none")

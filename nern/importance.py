@@ -28,13 +28,13 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from .compress import lowest_masks
+from .config import DEFAULT_PRUNING_FRACTIONS as DEFAULT_FRACTIONS
+from .config import PRUNING_METHODS
 from .errors import ConfigError, PackageError
 from .evaluate import top1
 from .package import Package, predict_weights
 
 ZERO_GUARD = 1e-6
-DEFAULT_FRACTIONS = tuple(round(0.1 * i, 1) for i in range(10))  # 0 … 90 %
-PRUNING_METHODS = ("importance", "magnitude", "random")
 INDEX_FILE = "importance.json"
 TENSOR_FILE = "importance.safetensors"
 

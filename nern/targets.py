@@ -14,7 +14,6 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 import torch
-import torchvision
 from torch import nn
 
 from .errors import TargetError
@@ -49,6 +48,12 @@ def _torchvision_feature_maps(model: nn.Module) -> list[str]:
     return names
 
 
+def _torchvision_resnet(name: str, num_classes: int) -> nn.Module:
+    import torchvision  # imported on first use: it adds seconds to every process's start-up
+
+    return getattr(torchvision.models, name)(weights=None, num_classes=num_classes)
+
+
 def default_feature_maps(model: nn.Module) -> list[str]:
     """For any other network: the output of every BatchNorm2d (or, lacking those, every Conv2d)."""
     bns = [n for n, m in model.named_modules() if isinstance(m, nn.BatchNorm2d)]
@@ -79,9 +84,7 @@ for _name in ("resnet18", "resnet34", "resnet50"):
         TargetSpec(
             name=_name,
             description=f"torchvision {_name} (ImageNet layout; weights from your file only)",
-            build=(lambda n: lambda num_classes=1000: getattr(torchvision.models, n)(
-                weights=None, num_classes=num_classes
-            ))(_name),
+            build=(lambda n: lambda num_classes=1000: _torchvision_resnet(n, num_classes))(_name),
             feature_maps=_torchvision_feature_maps,
             image_size=224,
         )

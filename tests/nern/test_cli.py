@@ -78,13 +78,19 @@ def _bad_checkpoints(tmp_path, resnet20_sd):
 
 
 def test_bad_input_is_one_line_and_leaves_no_output(tmp_path, resnet20_sd, resnet20_path):
+    # The cases are independent: run them side by side (each one is mostly interpreter start-up).
+    running = {}
     for label, (ckpt, extra, needle) in _bad_checkpoints(tmp_path, resnet20_sd).items():
         out = tmp_path / f"{label.replace(' ', '_')}.nern"
         steps = [] if "--steps" in extra else ["--steps", "1"]
-        proc = nern("fit", str(ckpt or resnet20_path), *extra, *steps, "--out", str(out), timeout=300)
+        argv = [sys.executable, "-m", "nern", "fit", str(ckpt or resnet20_path), *extra, *steps, "--out", str(out)]
+        proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        running[label] = (proc, out, needle)
+    for label, (proc, out, needle) in running.items():
+        _, stderr = proc.communicate(timeout=300)
         assert proc.returncode != 0, label
-        lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
-        assert len(lines) == 1 and lines[0].startswith("nern: error:") and needle in lines[0], (label, proc.stderr)
+        lines = [ln for ln in stderr.splitlines() if ln.strip()]
+        assert len(lines) == 1 and lines[0].startswith("nern: error:") and needle in lines[0], (label, stderr)
         assert not out.exists(), label
         assert not list(tmp_path.glob(f"{out.name}*")), label
 
