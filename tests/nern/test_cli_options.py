@@ -71,3 +71,14 @@ def test_service_commands_come_from_the_entry_point():
     assert proc.returncode == 0
     for command in ("serve", "worker", "keys", "jobs", "demo", "fit", "importance"):
         assert command in proc.stdout
+
+
+def test_building_the_command_line_loads_neither_torch_nor_torchvision():
+    """`nern jobs ...` (a client of the service) starts without torch; `nern fit` and the other
+    library commands import it when they run. torchvision only with a torchvision network."""
+    code = ("import sys; from nern.cli import build_parser; build_parser(); import nern, nern.config; "
+            "assert 'torch' not in sys.modules, 'torch'; import nern.targets; "
+            "assert 'torchvision' not in sys.modules, 'torchvision'; nern.create_target('resnet18'); "
+            "assert 'torchvision' in sys.modules; print('ok')")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
+    assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr[-2000:]
