@@ -44,7 +44,6 @@ from .trainer import Callback, Trainer
 log = logging.getLogger(__name__)
 
 
-
 # ---- pruning --------------------------------------------------------------------------------
 
 def prunable(name: str, tensor: torch.Tensor) -> bool:
