@@ -49,10 +49,4 @@ def __dir__() -> list[str]:
     return sorted(__all__)
 
 
-__all__ = [
-    "Callback", "CancelledError", "CheckpointError", "ConfigError", "DataError", "FitConfig", "FitResult",
-    "NernError", "Package", "PackageError", "Progress", "TargetError", "UnsafeCheckpointError",
-    "NernModel", "Trainer", "__version__", "create_target", "detect_target", "evaluate_package", "evaluate_weights", "fit", "layer_errors",
-    "list_targets", "load_package", "load_state_dict", "load_state_dict_bytes", "load_target",
-    "predict_weights", "reconstruct", "save_package", "sha256_file",
-]
+__all__ = ["__version__", *sorted(_EXPORTS)]

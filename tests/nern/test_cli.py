@@ -23,8 +23,12 @@ FIT_ARGS = ["--steps", "300", "--threads", "2", "--batch-size", "16", "--hidden"
 EVAL_LIMIT = 2000
 
 
+def nern_argv(*args: str) -> list[str]:
+    return [sys.executable, "-m", "nern", *args]
+
+
 def nern(*args: str, timeout: float = 900) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "nern", *args], capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(nern_argv(*args), capture_output=True, text=True, timeout=timeout)
 
 
 @pytest.fixture(scope="module")
@@ -85,7 +89,7 @@ def test_bad_input_is_one_line_and_leaves_no_output(tmp_path, resnet20_sd, resne
     for label, (ckpt, extra, needle) in _bad_checkpoints(tmp_path, resnet20_sd).items():
         out = tmp_path / f"{label.replace(' ', '_')}.nern"
         steps = [] if "--steps" in extra else ["--steps", "1"]
-        argv = [sys.executable, "-m", "nern", "fit", str(ckpt or resnet20_path), *extra, *steps, "--out", str(out)]
+        argv = nern_argv("fit", str(ckpt or resnet20_path), *extra, *steps, "--out", str(out))
         proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         running[label] = (proc, out, needle)
     for label, (proc, out, needle) in running.items():
