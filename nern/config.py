@@ -81,6 +81,11 @@ class FitConfig(BaseModel):
     eval_limit: int | None = Field(None, ge=1, description="evaluate on a fixed random subset of N images (the files may be class-major)")
     image_size: int | None = Field(None, ge=8, le=1024, description="None = the target's native size")
     augment: bool = True
+    teacher_cache_mb: int = Field(
+        2048, ge=0, description="without augmentation, compute the original network's outputs on the "
+                                "distillation images once and keep them (up to this many MiB) instead of "
+                                "rerunning it every step; 0 = never",
+    )
 
     # run
     seed: int = 0

@@ -161,13 +161,17 @@ class InputSource:
         if self.noise:
             shape = (batch_size, 3, self.image_size, self.image_size)
             return torch.rand(shape, generator=self.gen, device=self.device) * 4 - 2
-        idx = self._take(batch_size)
-        x = self.images[idx]
+        return self.batch(self.take(batch_size))
+
+    def batch(self, which: torch.Tensor) -> torch.Tensor:
+        """The normalised (and, with augment, augmented) images of rows `which`."""
+        x = self.images[which]
         if self.augment:
             x = self._crop_flip(x)
         return normalize(x)
 
-    def _take(self, n: int) -> torch.Tensor:
+    def take(self, n: int) -> torch.Tensor:
+        """The rows of the next n images in this epoch's order (a new order each epoch)."""
         out = []
         while n > 0:
             if self._cursor >= len(self._order):

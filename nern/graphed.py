@@ -1,7 +1,7 @@
 """The whole training step as one CUDA graph: capture once, replay every step.
 
-    graphed = GraphedStep(step_fn, device)      # step_fn(x) -> stacked losses; device work only
-    losses = graphed(x)                         # x: this step's inputs (None: no inputs)
+    graphed = GraphedStep(step_fn, device)      # step_fn(*inputs) -> stacked losses; device work only
+    losses = graphed(x, which)                  # this step's input tensors (each may be None)
 
 On a GPU a NeRN step is ~1,300 small kernels; launched one by one from Python they take several
 times longer than the GPU needs to run them. `GraphedStep` follows PyTorch's whole-network
@@ -10,7 +10,7 @@ training steps; they also create the optimiser's state and the autograd and cuBL
 must exist before capture), the next call captures one call of `step_fn` into a
 `torch.cuda.CUDAGraph` on that stream — forward of the predictor and of both networks, the three
 losses, backward, gradient clipping, the optimiser step and the parameter-average update — and
-replays it; every later call copies x into the graph's static input buffer and replays. The
+replays it; every later call copies its inputs into the graph's static input buffers and replays. The
 step function returns its losses stacked in one tensor; each call returns a copy of it.
 
 What the step function must be (NernRun's is): no host synchronisation (no `.item()`), no
@@ -18,13 +18,13 @@ host-to-device copies, static shapes, no random numbers, and every per-step host
 learning rate, the average's weight) read from a device tensor written before the call, never
 baked in as a Python number. Randomness stays outside: the caller makes this step's input
 batch (sampling and augmentation, a few kernels drawn from a generator on the device) and
-passes it in. Gradients are set to None just before the capture (`before_capture`), so the
+passes it in, with the batch's image rows where the step gathers cached teacher outputs. Gradients are set to None just before the capture (`before_capture`), so the
 captured backward allocates them in the graph's memory pool and every replay rewrites them.
 
 A new input shape or None-ness (the end of `distill_warmup_steps`) starts over: warm-up, then
 a new capture. `reset()` drops the graph; call it whenever the tensors the graph reads or writes
 are replaced (loading an optimiser state makes new state tensors). On the CPU — the tests run
-this path there — `GraphedStep` runs the same step function eagerly on the static buffer.
+this path there — `GraphedStep` runs the same step function eagerly on the static buffers.
 
 `cuda_graphs_reason` says why a configuration cannot be captured; `use_cuda_graphs` resolves
 `FitConfig.cuda_graphs` (None: on exactly where it can be).
@@ -65,7 +65,7 @@ def use_cuda_graphs(config: FitConfig, device: torch.device, num_kernels: int) -
 class GraphedStep:
     """`step_fn` captured as a CUDA graph after WARMUP_STEPS eager calls (see the module docstring)."""
 
-    def __init__(self, step_fn: Callable[[torch.Tensor | None], torch.Tensor], device: torch.device,
+    def __init__(self, step_fn: Callable[..., torch.Tensor], device: torch.device,
                  before_capture: Callable[[], None] = lambda: None, warmup: int = WARMUP_STEPS):
         """before_capture: e.g. `optimizer.zero_grad(set_to_none=True)`, so that the captured
         backward allocates the gradients in the graph's own memory pool."""
@@ -79,8 +79,8 @@ class GraphedStep:
 
     def reset(self) -> None:
         """Forget the graph and the static input: the next calls warm up and capture again."""
-        self._key: tuple | None = ()  # () = nothing yet; None = steps without inputs
-        self._x: torch.Tensor | None = None
+        self._key: tuple | None = None  # None = nothing yet; else each input's (shape, dtype) or None
+        self._inputs: list[torch.Tensor | None] = []
         self._graph: torch.cuda.CUDAGraph | None = None
         self._out: torch.Tensor | None = None
         self._eager_calls = 0
@@ -89,22 +89,23 @@ class GraphedStep:
     def captured(self) -> bool:
         return self._graph is not None
 
-    def __call__(self, x: torch.Tensor | None) -> torch.Tensor:
-        key = None if x is None else (tuple(x.shape), x.dtype)
+    def __call__(self, *inputs: torch.Tensor | None) -> torch.Tensor:
+        key = tuple(None if t is None else (tuple(t.shape), t.dtype) for t in inputs)
         if key != self._key:
             self.reset()
             self._key = key
-            self._x = None if x is None else torch.empty_like(x)
-        if x is not None:
-            self._x.copy_(x)
+            self._inputs = [None if t is None else torch.empty_like(t) for t in inputs]
+        for static, t in zip(self._inputs, inputs):
+            if t is not None:
+                static.copy_(t)
         if self._stream is None:
-            return self.step_fn(self._x)
+            return self.step_fn(*self._inputs)
         if self._graph is not None:
             self._graph.replay()
             return self._out.clone()  # the static output is rewritten by the next replay
         if self._eager_calls < self.warmup:
             self._eager_calls += 1
-            return self._on_side_stream(lambda: self.step_fn(self._x))
+            return self._on_side_stream(lambda: self.step_fn(*self._inputs))
         return self._capture()
 
     def _on_side_stream(self, fn: Callable[[], torch.Tensor]) -> torch.Tensor:
@@ -122,7 +123,7 @@ class GraphedStep:
         self._stream.wait_stream(current)
         self.before_capture()
         with torch.cuda.graph(graph, stream=self._stream):
-            out = self.step_fn(self._x)
+            out = self.step_fn(*self._inputs)
         current.wait_stream(self._stream)
         self._graph, self._out = graph, out
         self.captures += 1

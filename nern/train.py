@@ -46,6 +46,7 @@ from .precision import resolve_amp
 from .readback import StepLosses
 from .reconstruct import find_modeled_layers, run_with_weights
 from .targets import TargetNetwork, feature_map_modules
+from .teacher_cache import teacher_cache_for
 from .trainer import Trainer
 
 log = logging.getLogger(__name__)
@@ -118,7 +119,7 @@ class NernRun:
         self.kernel_norms = self.targets.norm(dim=1).cpu()
         self.cuda_graphs = use_cuda_graphs(config, self.device, self.model.num_kernels)
         self.log_every = config.log_every or (CUDA_LOG_EVERY if self.device.type == "cuda" else 1)
-        self._graphed = GraphedStep(lambda x: self._step(x, None), self.device,
+        self._graphed = GraphedStep(lambda x, which: self._step(x, None, which), self.device,
                                     before_capture=lambda: self.optimizer.zero_grad(set_to_none=True)
                                     ) if self.cuda_graphs else None
         self.reset_optimizer()
@@ -131,6 +132,9 @@ class NernRun:
         self.fmd_names = feature_map_modules(self.target.arch, self.target.module) if config.w_fmd > 0 else []
         # Distillation runs the network with its batch norms folded into the convolutions.
         self.train_net = FoldedNetwork.of(self.target.module).to(self.device) if self.distill else None
+        # Without augmentation the original network's outputs are computed once, not every step.
+        self.teacher_cache = teacher_cache_for(self.train_net.module, self.fmd_names, self.inputs,
+                                               config.teacher_cache_mb) if self.distill else None
         self.distill_terms = [k for k, w in (("kd", config.w_kd), ("fmd", config.w_fmd)) if w > 0]
         self.step = 0
         self.train_seconds = 0.0
@@ -176,13 +180,19 @@ class NernRun:
             return torch.multinomial(self.kernel_norms + 1e-12, n, replacement=True, generator=self.gen)
         return torch.randperm(total, generator=self.gen)[:n]
 
-    def _distillation(self, rows: torch.Tensor, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        """KD and feature-map terms of the network rebuilt from `rows` (weight units) on inputs x."""
+    def _distillation(self, rows: torch.Tensor, x: torch.Tensor, which: torch.Tensor | None
+                      ) -> dict[str, torch.Tensor]:
+        """KD and feature-map terms of the network rebuilt from `rows` (weight units) on inputs x;
+        the original network's outputs come from the teacher cache when `which` (x's image rows)
+        is given, else from running it on x."""
         cfg, net = self.config, self.train_net.module
         with FeatureMapRecorder(net, self.fmd_names) as rec:
-            with torch.no_grad():
-                t_logits = net(x)
-                t_maps = [m.detach() for m in rec.maps] if self.fmd_names else []
+            if which is not None:
+                t_logits, t_maps = self.teacher_cache.lookup(which)
+            else:
+                with torch.no_grad():
+                    t_logits = net(x)
+                    t_maps = [m.detach() for m in rec.maps] if self.fmd_names else []
             s_logits = run_with_weights(net, self.train_net.weights_for(self.model.to_weights(rows)), x)
             s_maps = rec.maps if self.fmd_names else []
         out = {}
@@ -203,8 +213,8 @@ class NernRun:
             self.average.advance()
         idx = self._kernel_batch()
         distilling = self.distill and self.step >= cfg.distill_warmup_steps
-        x = self.inputs.next_batch(cfg.batch_size) if distilling else None
-        values = self._graphed(x) if self._graphed is not None else self._step(x, idx)
+        x, which = self._input_batch() if distilling else (None, None)
+        values = self._graphed(x, which) if self._graphed is not None else self._step(x, idx, which)
         self.step += 1
         names = ["rec", *(self.distill_terms if distilling else []), "loss"]
         return StepLosses(names, values, {"lr": lr}, self.step)
@@ -214,10 +224,19 @@ class NernRun:
         kb = self.config.kernel_batch_size
         return None if kb == 0 or kb >= self.model.num_kernels else self._sample_kernels(kb).to(self.device)
 
-    def _step(self, x: torch.Tensor | None, idx: torch.Tensor | None) -> torch.Tensor:
+    def _input_batch(self) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """This step's inputs, and their image rows where the teacher cache serves them."""
+        if self.teacher_cache is None:
+            return self.inputs.next_batch(self.config.batch_size), None
+        which = self.inputs.take(self.config.batch_size)
+        return self.inputs.batch(which), which
+
+    def _step(self, x: torch.Tensor | None, idx: torch.Tensor | None, which: torch.Tensor | None = None
+              ) -> torch.Tensor:
         """Forward, losses, backward, clipping, optimiser step and average update on inputs x
-        (None: reconstruction only) for kernel rows idx (None: all). Device work only — no host
-        sync — so with idx None it is what `GraphedStep` captures. Returns [terms..., loss]."""
+        (None: reconstruction only; `which`: their rows in the teacher cache) for kernel rows idx
+        (None: all). Device work only — no host sync — so with idx None it is what `GraphedStep`
+        captures. Returns [terms..., loss]."""
         cfg = self.config
         norm = self._predict(idx)  # std units
         scale = self.model.row_scale if idx is None else self.model.row_scale[idx]
@@ -234,7 +253,7 @@ class NernRun:
                     with torch.no_grad():
                         self._cached_rows = self.model()
                 rows = self._cached_rows.index_put((idx,), rows)
-            terms.update(self._distillation(rows, x))
+            terms.update(self._distillation(rows, x, which))
         weights = {"rec": cfg.w_rec, "kd": cfg.w_kd, "fmd": cfg.w_fmd}
         loss = sum(weights[k] * v for k, v in terms.items())
 
@@ -341,6 +360,7 @@ def fit(
         "permute_seconds": round(run.permute_seconds, 2),
         "precision": "bf16" if run.amp else "fp32",
         "cuda_graphs": run.cuda_graphs,
+        "teacher_cache": run.teacher_cache is not None,
         "resumed_from_step": run.resumed_from_step,
         "final_losses": run.history[-1] if run.history else {},
         "smoothness": run.smoothness,
