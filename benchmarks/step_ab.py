@@ -1,0 +1,68 @@
+"""Training-step time of two configurations, measured interleaved (A, B, A, B, ...).
+
+    python benchmarks/step_ab.py --a '{"teacher_cache_mb": 0}' --b '{}' \
+        --base '{"augment": false, "data": "nern/assets/cifar10_sample_train.npz"}' [--rounds 30]
+
+Both runs are built on the bench configuration (`fit_resnet20.BENCH`, ResNet-20, all kernels,
+batch 64) plus `--base`, then `--a` / `--b`. After 3 warm-up steps each, every round times two
+steps of A and then two of B, so a machine whose speed drifts (a shared VM) slows both alike;
+the medians and their ratio are printed, with the precision each run chose, as one JSON line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from fit_resnet20 import BENCH  # noqa: E402
+
+from nern import FitConfig, load_state_dict  # noqa: E402
+from nern.data import resolve_dataset  # noqa: E402
+from nern.precision import describe_cpu  # noqa: E402
+from nern.train import NernRun  # noqa: E402
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--a", default="{}", help="overrides of configuration A (JSON)")
+    ap.add_argument("--b", default="{}", help="overrides of configuration B (JSON)")
+    ap.add_argument("--base", default="{}", help="overrides of the bench configuration for both (JSON)")
+    ap.add_argument("--rounds", type=int, default=30)
+    ap.add_argument("--threads", type=int, default=2)
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    sd = load_state_dict(resolve_dataset("cifar10").parent / "resnet20-12fca82f.th")
+    base = {**BENCH, "threads": args.threads, "steps": 10**6, **json.loads(args.base)}
+    runs = {k: NernRun(sd, FitConfig(**{**base, **json.loads(v)}), source_sha256="ab")
+            for k, v in (("a", args.a), ("b", args.b))}
+    for run in runs.values():
+        for _ in range(3):
+            run.train_step()
+    times: dict[str, list[float]] = {"a": [], "b": []}
+    for _ in range(args.rounds):
+        for k, run in runs.items():
+            t0 = time.perf_counter()
+            run.train_step()
+            run.train_step()
+            times[k].append((time.perf_counter() - t0) / 2)
+    med = {k: statistics.median(v) for k, v in times.items()}
+    print(json.dumps({
+        "a": json.loads(args.a), "b": json.loads(args.b), "base": json.loads(args.base),
+        "a_step_s": round(med["a"], 4), "b_step_s": round(med["b"], 4), "b_over_a": round(med["b"] / med["a"], 3),
+        "precision": {k: "bf16" if r.amp else "fp32" for k, r in runs.items()},
+        "teacher_cache": {k: r.teacher_cache is not None for k, r in runs.items()},
+        "cpu": describe_cpu(), "threads": args.threads, "rounds": args.rounds,
+    }))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
