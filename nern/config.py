@@ -42,9 +42,10 @@ class FitConfig(BaseModel):
     repredict_every: int = Field(
         1, ge=1, description="re-predict the no-grad kernels every N steps (with kernel_batch_size > 0)"
     )
-    # 6e-3 suits the default 600-step schedule: 91.4 % held-out vs 81.6 % at 3e-3 (distilling on
-    # the shipped sample; docs/experiments.md); the long-schedule bench recipe keeps 3e-3.
-    lr: float = Field(6e-3, gt=0.0, le=1.0)
+    # 1e-2 suits the default 600-step schedule: 93.6 % held-out vs 91.4 % at 6e-3 and 81.6 % at
+    # 3e-3 (distilling on the shipped sample; docs/experiments.md); the long-schedule bench recipe
+    # keeps 3e-3.
+    lr: float = Field(1e-2, gt=0.0, le=1.0)
     min_lr: float = Field(1e-6, ge=0.0)
     lr_warmup_steps: int = Field(50, ge=0, description="linear learning-rate warm-up")
     optimizer: Literal["ranger", "adam"] = "adam"
@@ -80,7 +81,10 @@ class FitConfig(BaseModel):
     eval_every: int = Field(0, ge=0, description="evaluate every N steps; 0 = only at the end")
     eval_limit: int | None = Field(None, ge=1, description="evaluate on a fixed random subset of N images (the files may be class-major)")
     image_size: int | None = Field(None, ge=8, le=1024, description="None = the target's native size")
-    augment: bool = True
+    # Off by default: on the shipped sample it scores the same held-out top-1 at 600 and 2,000 steps
+    # (93.6 / 98.65 % against 93.65 / 98.6 % with crop and flip; docs/experiments.md), and without it
+    # the original network's outputs are computed once (teacher_cache_mb) instead of every step.
+    augment: bool = Field(False, description="random crop (zero-padding 4) and horizontal flip of the distillation images")
     teacher_cache_mb: int = Field(
         2048, ge=0, description="without augmentation, compute the original network's outputs on the "
                                 "distillation images once and keep them (up to this many MiB) instead of "
