@@ -67,8 +67,11 @@ class TeacherCache:
 @torch.no_grad()
 def bytes_per_image(net: nn.Module, fmd_names: Sequence[str], inputs: InputSource) -> int:
     """Cache bytes one image takes: its logits and feature maps (one forward pass of one image)."""
-    one = TeacherCache.build(net, fmd_names, _FirstImage(inputs), batch=1)
-    return one.nbytes
+    first = torch.zeros(1, dtype=torch.long, device=inputs.device)
+    with FeatureMapRecorder(net, fmd_names) as rec:
+        logits = net(inputs.batch(first))
+        maps = rec.maps if fmd_names else []
+    return sum(t.numel() * t.element_size() for t in (logits, *maps))
 
 
 def teacher_cache_for(net: nn.Module, fmd_names: Sequence[str], inputs: InputSource | None,
@@ -85,19 +88,6 @@ def teacher_cache_for(net: nn.Module, fmd_names: Sequence[str], inputs: InputSou
     cache = TeacherCache.build(net, fmd_names, inputs)
     log.info("teacher cache: %d images, %.0f MiB", len(inputs), cache.nbytes / 2**20)
     return cache
-
-
-class _FirstImage:
-    """A one-image view of an InputSource (what `TeacherCache.build` reads: len, device, batch)."""
-
-    def __init__(self, inputs: InputSource):
-        self.inputs, self.device = inputs, inputs.device
-
-    def __len__(self) -> int:
-        return 1
-
-    def batch(self, which: torch.Tensor) -> torch.Tensor:
-        return self.inputs.batch(which)
 
 
 __all__ = ["TeacherCache", "bytes_per_image", "teacher_cache_for"]
