@@ -10,16 +10,17 @@ training steps; they also create the optimiser's state and the autograd and cuBL
 must exist before capture), the next call captures one call of `step_fn` into a
 `torch.cuda.CUDAGraph` on that stream — forward of the predictor and of both networks, the three
 losses, backward, gradient clipping, the optimiser step and the parameter-average update — and
-replays it; every later call copies its inputs into the graph's static input buffers and replays. The
-step function returns its losses stacked in one tensor; each call returns a copy of it.
+replays it; every later call copies its inputs into the graph's static input buffers and
+replays. The step function returns its losses stacked in one tensor; each call returns a copy.
 
 What the step function must be (NernRun's is): no host synchronisation (no `.item()`), no
 host-to-device copies, static shapes, no random numbers, and every per-step host value (the
 learning rate, the average's weight) read from a device tensor written before the call, never
 baked in as a Python number. Randomness stays outside: the caller makes this step's input
 batch (sampling and augmentation, a few kernels drawn from a generator on the device) and
-passes it in, with the batch's image rows where the step gathers cached teacher outputs. Gradients are set to None just before the capture (`before_capture`), so the
-captured backward allocates them in the graph's memory pool and every replay rewrites them.
+passes it in, with the batch's image rows where the step gathers cached teacher outputs.
+Gradients are set to None just before the capture (`before_capture`), so the captured backward
+allocates them in the graph's memory pool and every replay rewrites them.
 
 A new input shape or None-ness (the end of `distill_warmup_steps`) starts over: warm-up, then
 a new capture. `reset()` drops the graph; call it whenever the tensors the graph reads or writes
