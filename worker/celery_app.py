@@ -94,28 +94,25 @@ def drain_on_sigterm() -> None:
 
 @worker_shutting_down.connect
 def _drain_pool(**_kw) -> None:
-    """In the worker's main process, when it begins to stop: tell the pool processes to hand
-    their jobs back (Celery's warm shutdown would otherwise wait for whole jobs to finish)."""
-    me = os.getpid()
-    for pid in _children(me):
+    """In the worker's main process, when it begins to stop: tell the pool processes that run a
+    job to hand it back (Celery's warm shutdown would otherwise wait for whole jobs to finish).
+
+    Only those: an idle pool process still has billiard's own SIGTERM handler, which exits at
+    once, and a process killed while it holds one of the pool's shared queue locks leaves the
+    pool's shutdown waiting on that lock forever (the worker would then outlive its server)."""
+    for pid in _busy_pool_processes():
         try:
             os.kill(pid, signal.SIGTERM)
         except ProcessLookupError:
             pass
 
 
-def _children(pid: int) -> list[int]:
-    out = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                with open(f"/proc/{entry}/stat") as f:
-                    fields = f.read().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            if int(fields[1]) == pid:
-                out.append(int(entry))
-    return out
+def _busy_pool_processes() -> set[int]:
+    """Pool processes that have accepted a task (Celery records the pid in the main process)."""
+    from celery.worker import state
+
+    me = os.getpid()
+    return {r.worker_pid for r in list(state.active_requests) if r.worker_pid and r.worker_pid != me}
 
 
 @signals.setup_logging.connect
