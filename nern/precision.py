@@ -13,6 +13,7 @@ runs as asked but logs the expected slowdown.
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Mapping
 
 import torch
@@ -23,9 +24,19 @@ log = logging.getLogger(__name__)
 EMULATED_BF16_SLOWDOWN = "about 6x slower than fp32"
 
 
+# oneDNN ISA caps (ONEDNN_MAX_CPU_ISA / DNNL_MAX_CPU_ISA) below which its bf16 products are emulated.
+_ONEDNN_ISAS_WITHOUT_BF16 = {"SSE41", "AVX", "AVX2", "AVX2_VNNI", "AVX2_VNNI_2", "AVX512_CORE", "AVX512_CORE_VNNI"}
+
+
 def cpu_capabilities() -> Mapping[str, object]:
-    """What this PyTorch build reports about the CPU (cpuinfo flags)."""
-    return torch.cpu.get_capabilities()
+    """What this PyTorch build reports about the CPU (cpuinfo flags), with the bf16 flags off
+    where the process caps oneDNN below them (`ONEDNN_MAX_CPU_ISA=AVX2`: bf16 would be emulated,
+    as on an AVX2-only CPU — which is also how the test suite simulates one)."""
+    caps = dict(torch.cpu.get_capabilities())
+    cap = (os.environ.get("ONEDNN_MAX_CPU_ISA") or os.environ.get("DNNL_MAX_CPU_ISA") or "").strip().upper()
+    if cap in _ONEDNN_ISAS_WITHOUT_BF16:
+        caps.update(avx512_bf16=False, amx_bf16=False)
+    return caps
 
 
 def native_bf16(device: torch.device | str, capabilities: Mapping[str, object] | None = None) -> bool:

@@ -66,3 +66,15 @@ def test_a_fit_uses_the_choice_for_the_cpu_it_runs_on(resnet20_sd, monkeypatch, 
     handle.remove()
     assert seen == [torch.bfloat16 if precision == "bf16" else torch.float32]
     assert fit(resnet20_sd, cfg).summary["precision"] == precision
+
+
+@pytest.mark.parametrize(("isa", "native"), [("AVX2", False), ("avx512_core", False), ("AVX512_CORE_AMX", None)])
+def test_a_onednn_isa_cap_below_bf16_means_fp32(monkeypatch, isa, native):
+    """ONEDNN_MAX_CPU_ISA below AVX512_CORE_BF16 makes bf16 emulated whatever the CPU has."""
+    monkeypatch.setattr(torch.cpu, "get_capabilities", lambda: dict(AMX))
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", isa)
+    expected = True if native is None else native
+    assert native_bf16("cpu") is expected
+    assert resolve_amp(None, "cpu") is expected
+    monkeypatch.delenv("ONEDNN_MAX_CPU_ISA")
+    assert native_bf16("cpu") is True
