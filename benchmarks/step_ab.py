@@ -7,6 +7,11 @@ Both runs are built on the bench configuration (`fit_resnet20.BENCH`, ResNet-20,
 batch 64) plus `--base`, then `--a` / `--b`. After 3 warm-up steps each, every round times two
 steps of A and then two of B, so a machine whose speed drifts (a shared VM) slows both alike;
 the medians and their ratio are printed, with the precision each run chose, as one JSON line.
+
+Besides FitConfig keys, a side may set "onednn_linear": false to run the predictor's float32
+CPU layers on PyTorch's own Linear (MKL) instead of oneDNN (`nern.cpu_linear.enabled`):
+
+    python benchmarks/step_ab.py --base '{"amp": false}' --a '{"onednn_linear": false}' --b '{}'
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from fit_resnet20 import BENCH  # noqa: E402
 
+import nern.cpu_linear  # noqa: E402
 from nern import FitConfig, load_state_dict  # noqa: E402
 from nern.data import resolve_dataset  # noqa: E402
 from nern.precision import describe_cpu  # noqa: E402
@@ -41,18 +47,25 @@ def main() -> int:
     torch.set_num_threads(args.threads)
     sd = load_state_dict(resolve_dataset("cifar10").parent / "resnet20-12fca82f.th")
     base = {**BENCH, "threads": args.threads, "steps": 10**6, **json.loads(args.base)}
-    runs = {k: NernRun(sd, FitConfig(**{**base, **json.loads(v)}), source_sha256="ab")
-            for k, v in (("a", args.a), ("b", args.b))}
-    for run in runs.values():
+    sides = {k: json.loads(v) for k, v in (("a", args.a), ("b", args.b))}
+    onednn = {k: bool(side.pop("onednn_linear", True)) for k, side in sides.items()}
+    runs = {k: NernRun(sd, FitConfig(**{**base, **side}), source_sha256="ab") for k, side in sides.items()}
+
+    def step(k: str) -> None:
+        nern.cpu_linear.enabled = onednn[k]
+        runs[k].train_step()
+
+    for k in runs:
         for _ in range(3):
-            run.train_step()
+            step(k)
     times: dict[str, list[float]] = {"a": [], "b": []}
     for _ in range(args.rounds):
-        for k, run in runs.items():
+        for k in runs:
             t0 = time.perf_counter()
-            run.train_step()
-            run.train_step()
+            step(k)
+            step(k)
             times[k].append((time.perf_counter() - t0) / 2)
+    nern.cpu_linear.enabled = True
     med = {k: statistics.median(v) for k, v in times.items()}
     print(json.dumps({
         "a": json.loads(args.a), "b": json.loads(args.b), "base": json.loads(args.base),

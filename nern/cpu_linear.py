@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import torch
 
-# Set to False to run PyTorch's own float32 Linear (benchmarks/linear_backend_ab.py compares both).
+# Set to False to run PyTorch's own float32 Linear (benchmarks/step_ab.py compares both: "onednn_linear": false).
 enabled = True
 
 _ONEDNN_LINEAR = getattr(torch.ops.mkldnn, "_linear_pointwise", None) if torch.backends.mkldnn.is_available() else None

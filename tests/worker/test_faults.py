@@ -285,6 +285,33 @@ def test_pool_processes_are_spread_over_the_gpus():
     assert gpu_for_process(4, [], 1) is None
 
 
+class _AcceptedRequest:  # celery.worker.state keeps requests in a WeakSet
+    worker_pid: int
+
+
+def test_stopping_worker_signals_only_the_pool_processes_that_run_a_job():
+    """An idle pool process killed by SIGTERM can take a pool queue lock with it and hang the
+    warm shutdown (a worker that outlived its server, CI 2026-11-29): only busy ones are told."""
+    from celery.worker import state
+
+    from worker.celery_app import _drain_pool
+
+    busy, idle = (subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"]) for _ in range(2))
+    request = _AcceptedRequest()  # what Celery records when a pool process accepts a task
+    request.worker_pid = busy.pid
+    state.active_requests.add(request)
+    try:
+        _drain_pool()
+        assert busy.wait(timeout=10) == -signal.SIGTERM
+        time.sleep(0.5)
+        assert idle.poll() is None
+    finally:
+        state.active_requests.discard(request)
+        for p in (busy, idle):
+            p.kill()
+            p.wait()
+
+
 def test_embedded_worker_ends_with_its_server_even_on_sigkill(tmp_path):
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("NERN_")}
