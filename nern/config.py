@@ -32,6 +32,11 @@ class FitConfig(BaseModel):
         description="embedding frequency base b (reference: 0.76; 1.2 trains far faster, see README)",
     )
     permute: Permute = Field("crossfilter", description="kernel permutation smoothing")
+    emb_window_steps: int = Field(
+        0, ge=0, description="coarse to fine: the embedding's frequency levels open one after another over "
+                             "the first N steps (a BARF-style window; level 0 open from the start); 0 = all "
+                             "levels from the start",
+    )
 
     # optimisation
     steps: int = Field(600, ge=1, le=10_000_000)
@@ -113,6 +118,8 @@ class FitConfig(BaseModel):
             raise ValueError("at least one of w_rec, w_kd, w_fmd must be positive")
         if not all(0.0 <= b < 1.0 for b in self.betas):
             raise ValueError("betas must lie in [0, 1)")
+        if self.emb_window_steps >= self.steps:
+            raise ValueError("emb_window_steps must be below steps: the fit must end with every level open")
         return self
 
     @property

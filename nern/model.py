@@ -14,6 +14,7 @@ is built from a model (`nern.package.build_package`) and loads back into one
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 
 import torch
@@ -42,6 +43,9 @@ class NernModel(nn.Module):
         self.register_buffer("layer_scale", layer_scale)
         self.register_buffer("row_scale", layer_scale[layout.layer_of_row].unsqueeze(1).clone())
         self.register_buffer("embedding", embed_coordinates(layout.coords, emb_levels, emb_base))
+        # Per-column weight of the embedding (coarse to fine while training; ones otherwise, so a
+        # packaged predictor sees the plain embedding). Not saved: a function of the step.
+        self.register_buffer("emb_window", torch.ones(self.embedding.shape[1]), persistent=False)
         self.first_layer = SeparableFirstLayer(layout, self.embedding)
 
     @classmethod
@@ -72,8 +76,17 @@ class NernModel(nn.Module):
         """The predictor's raw output (units of each layer's std) for rows `idx` (all: the first
         layer computed per coordinate, see `SeparableFirstLayer`)."""
         if idx is None:
-            return self.predictor.after_first(self.first_layer(self.predictor.first))
-        return self.predictor(self.embedding[idx])
+            return self.predictor.after_first(self.first_layer(self.predictor.first, self.emb_window))
+        return self.predictor(self.embedding[idx] * self.emb_window)
+
+    @torch.no_grad()
+    def open_embedding_levels(self, levels: float) -> None:
+        """Coarse to fine: weight level k's sin/cos columns (in all three blocks) by
+        (1 − cos(π·clamp(levels − k, 0, 1)))/2 — 0 for k ≥ levels, 1 for k ≤ levels − 1 (as in
+        BARF). levels ≥ emb_levels opens them all (the plain embedding)."""
+        k = torch.arange(self.emb_levels, device=self.emb_window.device, dtype=self.emb_window.dtype)
+        w = 0.5 * (1.0 - torch.cos(math.pi * (levels - k).clamp(0.0, 1.0)))
+        self.emb_window.copy_(w.repeat_interleave(2).repeat(3))
 
     def to_weights(self, rows: torch.Tensor) -> dict[str, torch.Tensor]:
         """Rows in weight units → {param name: weight in the network's own kernel order}."""
@@ -115,9 +128,10 @@ class SeparableFirstLayer(nn.Module):
             [embedding[o + torch.arange(c_in), 2 * block:] for o, (_, c_in) in zip(starts, shapes)]
         ), persistent=False)
 
-    def forward(self, first: nn.Linear) -> torch.Tensor:
-        """first(embedding) for every row: [N, hidden]."""
-        w_l, w_f, w_c = first.weight.chunk(3, dim=1)
+    def forward(self, first: nn.Linear, window: torch.Tensor) -> torch.Tensor:
+        """first(embedding · window) for every row: [N, hidden] (window: one weight per embedding
+        column, folded into the first layer's weight: W·(e ⊙ w) = (W ⊙ w)·e)."""
+        w_l, w_f, w_c = (first.weight * window).chunk(3, dim=1)
         # The three partial products are summed in float32 (under bf16 autocast too): one rounding
         # of the sum, as the plain product's float32 accumulation has, not three.
         per_layer = _wide(torch.nn.functional.linear(self.layer_emb, w_l, first.bias))

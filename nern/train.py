@@ -209,6 +209,8 @@ class NernRun:
         cfg = self.config
         lr = learning_rate(self.step, cfg.steps, cfg.lr, cfg.min_lr, cfg.lr_warmup_steps)
         set_learning_rate(self.optimizer, lr)
+        if cfg.emb_window_steps:
+            self.model.open_embedding_levels(1 + (cfg.emb_levels - 1) * self.step / cfg.emb_window_steps)
         if self.average is not None:
             self.average.advance()
         idx = self._kernel_batch()

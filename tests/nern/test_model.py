@@ -57,13 +57,57 @@ def test_first_layer_per_coordinate_equals_the_full_product_in_value_and_gradien
                              emb_levels=5, emb_base=1.2).double()
     first = model.predictor.first
     plain = first(model.embedding)
-    per_coordinate = model.first_layer(first)
+    per_coordinate = model.first_layer(first, model.emb_window)
     torch.testing.assert_close(per_coordinate, plain, rtol=1e-12, atol=1e-12)
     g = torch.randn_like(plain)
     grads_plain = torch.autograd.grad(plain, [first.weight, first.bias], g)
-    grads_sep = torch.autograd.grad(model.first_layer(first), [first.weight, first.bias], g)
+    grads_sep = torch.autograd.grad(model.first_layer(first, model.emb_window), [first.weight, first.bias], g)
     for a, b in zip(grads_plain, grads_sep):
         torch.testing.assert_close(b, a, rtol=1e-10, atol=1e-10)
     # and the whole model: all rows at once == the rows one by one through the plain predictor
     idx = torch.arange(model.num_kernels)
     torch.testing.assert_close(model(), model(idx), rtol=1e-12, atol=1e-12)
+
+
+def test_coarse_to_fine_window_weights_each_level_and_both_paths_agree():
+    """open_embedding_levels: BARF's window per level, the same for sin and cos and in all three
+    coordinate blocks; the per-coordinate first layer applies it exactly as the plain product of
+    the windowed embedding does."""
+    from nern.models.cifar_resnet import CifarResNet
+
+    net = CifarResNet(8, option="B")
+    layers = find_modeled_layers(net)
+    weights = {ly.name: p.detach() for ly in layers for n, p in net.named_parameters() if n == ly.name}
+    torch.manual_seed(0)
+    model = NernModel.create(layers, None, NernModel.scales_of(weights, layers), hidden=16, depth=3,
+                             emb_levels=4, emb_base=1.2).double()
+    model.open_embedding_levels(1.5)  # level 0 open, level 1 half open (cos-shaped: 0.5), 2 and 3 closed
+    per_level = torch.tensor([1.0, 0.5, 0.0, 0.0], dtype=torch.float64)
+    expected = per_level.repeat_interleave(2).repeat(3)  # [sin0, cos0, sin1, cos1, ...] × 3 blocks
+    torch.testing.assert_close(model.emb_window, expected)
+    model.open_embedding_levels(1.25)
+    assert math.isclose(float(model.emb_window[2]), (1 - math.cos(math.pi * 0.25)) / 2, rel_tol=1e-12)
+
+    first = model.predictor.first
+    plain = first(model.embedding * model.emb_window)
+    torch.testing.assert_close(model.first_layer(first, model.emb_window), plain, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(model(), model(torch.arange(model.num_kernels)), rtol=1e-12, atol=1e-12)
+    model.open_embedding_levels(4)
+    assert torch.equal(model.emb_window, torch.ones_like(model.emb_window))
+
+
+def test_a_windowed_fit_ends_with_every_level_open(resnet20_sd):
+    import pytest
+
+    from nern.train import NernRun
+
+    cfg = FitConfig(steps=6, emb_window_steps=4, hidden=8, layers=2, emb_levels=3, w_kd=0, w_fmd=0,
+                    permute="none", device="cpu", lr_warmup_steps=0)
+    run = NernRun(resnet20_sd, cfg, None)
+    run.train_step()  # step 0: only level 0
+    assert run.model.emb_window.tolist() == [1.0, 1.0] + [0.0] * 4 + [1.0, 1.0] + [0.0] * 4 + [1.0, 1.0] + [0.0] * 4
+    for _ in range(5):
+        run.train_step()
+    assert torch.equal(run.model.emb_window, torch.ones(18))
+    with pytest.raises(ValueError, match="emb_window_steps"):
+        FitConfig(steps=100, emb_window_steps=100)
