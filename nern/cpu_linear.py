@@ -3,9 +3,9 @@
 PyTorch runs a float32 `nn.Linear` on the CPU through MKL's sgemm; on AMD CPUs MKL takes its
 AVX2 code path even where AVX-512 is there, and for the predictor's shapes ([~30k, 180] ×
 [180, 180]) oneDNN's matmul kernels are faster on every CPU we measured: forward and input
-gradient ~15 % on AVX2, ~2× with AVX-512 (Zen 5); the training step ×0.94 (AVX2, 1 thread),
-×0.95 (AVX2, 2 threads), ×0.82 (AVX-512 fp32). The weight gradient stays on MKL (faster there
-for its long reduction). Same arithmetic in float32, different summation order: results agree
+gradient ~15 % on AVX2, ~2× with AVX-512 (Zen 5); the training step ×0.91–0.97 with AVX2
+kernels (1 or 2 threads), ×0.84–0.85 with AVX-512 (docs/results/onednn_linear_step_2026-11-29.jsonl).
+The weight gradient stays on MKL (faster there for its long reduction). Same arithmetic in float32, different summation order: results agree
 to float32 rounding (tests/nern/test_cpu_linear.py).
 
     if onednn_linear_applies(x):
