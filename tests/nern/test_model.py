@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import pytest
 import torch
 
 from nern.config import FitConfig
@@ -97,8 +98,6 @@ def test_coarse_to_fine_window_weights_each_level_and_both_paths_agree():
 
 
 def test_a_windowed_fit_ends_with_every_level_open(resnet20_sd):
-    import pytest
-
     from nern.train import NernRun
 
     cfg = FitConfig(steps=6, emb_window_steps=4, hidden=8, layers=2, emb_levels=3, w_kd=0, w_fmd=0,
