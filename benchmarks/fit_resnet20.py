@@ -175,7 +175,8 @@ def main() -> int:
         from nern.package import save_package
 
         save_package(run.package({"bench_curve": curve, "steps": run.step}), args.save_package)
-    print(json.dumps(result_line(run, ckpt, base["original_top1"], final, curve, curves_averaged, step_times)))
+    line = result_line(run, ckpt, base["original_top1"], final, curve, curves_averaged, step_times)
+    print(json.dumps({**line, "eval_images": len(labels), "data_images": len(run.inputs) if run.inputs else 0}))
     return 0
 
 
