@@ -13,14 +13,15 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 WORK=${DEVICE_WORK:-/tmp}
+BUNDLE=${DEVICE_BUNDLE:-.device}
 tag=cp$("$PY" -c 'import sys; print(f"{sys.version_info[0]}{sys.version_info[1]}")')
 if ! "$PY" -c 'import pydantic' 2>/dev/null; then
-  [ -d ".device/wheels/$tag" ] || { echo "device_run: no wheels for $tag in .device/wheels (python scripts/device_bundle.py --python X.Y)" >&2; exit 2; }
-  "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$WORK/site" .device/wheels/"$tag"/*.whl
+  [ -d "$BUNDLE/wheels/$tag" ] || { echo "device_run: no wheels for $tag in $BUNDLE/wheels (python scripts/device_bundle.py --python X.Y)" >&2; exit 2; }
+  "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$WORK/site" "$BUNDLE/wheels/$tag"/*.whl
   export PYTHONPATH="$WORK/site${PYTHONPATH:+:$PYTHONPATH}"
 fi
 export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
-"$PY" scripts/device_bundle.py --unpack "$WORK/nern_data"
+"$PY" scripts/device_bundle.py --bundle "$BUNDLE" --unpack "$WORK/nern_data"
 export NERN_DATA_DIR="$WORK/nern_data"
 "$PY" - <<'EOF'
 import sys

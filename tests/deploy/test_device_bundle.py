@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import importlib.util
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -60,3 +63,18 @@ def test_unpacking_refuses_images_that_do_not_match_their_checksum(tmp_path):
     (tmp_path / "bundle" / f"{name}.images.xz").write_bytes(device_bundle.encode_images(other))
     with pytest.raises(SystemExit, match="differ from the packed ones"):
         device_bundle.unpack_data(tmp_path / "bundle", tmp_path / "out")
+
+
+def test_device_run_refuses_data_that_is_not_the_full_cifar10_files(tmp_path):
+    """Without the full files the library would fall back to the demo sample and the GPU checks
+    would report figures on other data: scripts/device_run.sh stops before running anything."""
+    _fake_shared(tmp_path / "shared", np.random.default_rng(3))  # 9 images per file
+    device_bundle.pack_data(tmp_path / "shared", tmp_path / "bundle" / "data")
+    env = {**os.environ, "PYTHON": sys.executable, "DEVICE_BUNDLE": str(tmp_path / "bundle"),
+           "DEVICE_WORK": str(tmp_path / "work"), "OUT": str(tmp_path / "out")}
+    done = subprocess.run(["bash", str(SCRIPT.parent / "device_run.sh"), "smoke"], env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode != 0
+    assert "cifar10-test resolves to" in done.stderr and "(9 images), not the full file" in done.stderr
+    assert (tmp_path / "work" / "nern_data" / "cifar10_test.npz").is_file()  # it got as far as unpacking
+    assert not (tmp_path / "out").exists()  # and ran no check
