@@ -53,7 +53,7 @@ def decode_images(blob: bytes, shape: tuple[int, ...]) -> np.ndarray:
     return np.ascontiguousarray(np.cumsum(delta, axis=-1, dtype=np.uint8).transpose(0, 2, 3, 1))
 
 
-def pack_data(src: Path, dst: Path) -> dict:
+def pack_data(src: Path, dst: Path) -> None:
     dst.mkdir(parents=True, exist_ok=True)
     manifest = {"checkpoints": list(CHECKPOINTS), "images": {}}
     for name in CHECKPOINTS:
@@ -67,7 +67,6 @@ def pack_data(src: Path, dst: Path) -> dict:
         manifest["images"][name] = {"shape": list(images.shape),
                                     "sha256": hashlib.sha256(images.tobytes()).hexdigest()}
     (dst / "manifest.json").write_text(json.dumps(manifest, indent=1))
-    return manifest
 
 
 def unpack_data(src: Path, dst: Path) -> None:
