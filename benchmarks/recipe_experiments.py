@@ -31,6 +31,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from fit_resnet20 import PRESETS  # noqa: E402  (this folder is on sys.path when run as a script)
+
 from nern import (  # noqa: E402
     FitConfig,
     evaluate_weights,
@@ -121,16 +123,19 @@ def main() -> int:
     ap.add_argument("--also-test", action="store_true",
                     help="after the held-out score, also score the fitted package once on the full test set")
     ap.add_argument("--out", default=None, help="also append the JSON line to this file")
+    ap.add_argument("--checkpoint", choices=sorted(PRESETS), default="resnet20",
+                    help="the shared checkpoint and the paper's predictor width for it (fit_resnet20.py's presets)")
     args = ap.parse_args()
 
-    ckpt = SHARED / "resnet20-12fca82f.th"
+    ckpt_file, preset = PRESETS[args.checkpoint]
+    ckpt = SHARED / ckpt_file
     sd = load_state_dict(str(ckpt))
     train_p, hold_p = make_split()
     data = str(train_p) if args.data == "split" else str(SAMPLE)
     eval_data = str(hold_p) if args.eval == "holdout" else str(SHARED / "cifar10_test.npz")
     overrides = json.loads(args.set)
     cfg = FitConfig(**{"steps": args.steps, "data": data, "eval_data": eval_data,
-                       "eval_every": args.eval_every, "threads": args.threads, **overrides})
+                       "eval_every": args.eval_every, "threads": args.threads, **preset, **overrides})
 
     step_times: list[float] = []
     last = [0.0]
@@ -152,6 +157,7 @@ def main() -> int:
                       if n in s["layer_errors"])
     line = {
         "name": args.name,
+        "checkpoint": args.checkpoint,
         "recipe": overrides,
         "data": args.data,
         "eval": args.eval,
