@@ -12,16 +12,18 @@ from pathlib import Path
 
 def main() -> int:
     path = Path(sys.argv[1] if len(sys.argv) > 1 else "docs/results/recipe_experiments.jsonl")
-    print("| run | recipe (overrides of FitConfig()) | data | eval | steps | top-1 % | agree % "
-          "| rel. weight err | GFLOP/step | median s/step | top-1 at intermediate steps |")
-    print("| --- | --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |")
+    print("| run | network | recipe (overrides of FitConfig()) | data | eval | steps | top-1 % | agree % "
+          "| KL (nats) | rel. weight err | GFLOP/step | median s/step | top-1 at intermediate steps |")
+    print("| --- | --- | --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |")
     for line in path.read_text().splitlines():
         d = json.loads(line)
         recipe = ", ".join(f"{k}={v}" for k, v in d["recipe"].items()) or "defaults"
+        if d.get("late"):
+            recipe += f"; from step {d['late_at']}: " + ", ".join(f"{k}={v}" for k, v in d["late"].items())
         curve = ", ".join(f"{p['step']}: {p['top1']}" for p in d["curve"][:-1])
         err = "—" if d.get("rel_err") is None else f"{d['rel_err']:.3f}"
-        print(f"| {d['name']} | {recipe} | {d['data']} | {d['eval']} | {d['steps']} | {d['top1']} "
-              f"| {d.get('agreement') or '—'} | {err} | {d['step_gflop']} | {d.get('median_step_s') or '—'} "
+        print(f"| {d['name']} | {d.get('checkpoint', 'resnet20')} | {recipe} | {d['data']} | {d['eval']} "
+              f"| {d['steps']} | {d['top1']} | {d.get('agreement') or '—'} | {d.get('kl', '—')} | {err} | {d['step_gflop']} | {d.get('median_step_s') or '—'} "
               f"| {curve} |")
     return 0
 
