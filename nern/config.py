@@ -76,6 +76,13 @@ class FitConfig(BaseModel):
     distill_warmup_steps: int = Field(
         0, ge=0, description="steps of reconstruction only before the distillation terms start"
     )
+    distill_late_scale: float = Field(
+        1.0, ge=0.0, le=1000.0, description="multiply w_kd and w_fmd by this from distill_late_from of the "
+                                            "schedule on (the loss balance late in training); 1 = one balance throughout",
+    )
+    distill_late_from: float = Field(
+        0.5, gt=0.0, lt=1.0, description="where distill_late_scale starts, as a fraction of the steps"
+    )
     rec_normalize: bool = Field(
         True, description="reconstruction RMSE per layer on std-normalised kernels (else one global RMSE)"
     )

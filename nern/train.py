@@ -136,6 +136,9 @@ class NernRun:
         self.teacher_cache = teacher_cache_for(self.train_net.module, self.fmd_names, self.inputs,
                                                config.teacher_cache_mb) if self.distill else None
         self.distill_terms = [k for k, w in (("kd", config.w_kd), ("fmd", config.w_fmd)) if w > 0]
+        # The late loss balance's factor on the distillation terms: a device tensor written before
+        # each step (as the learning rate), so a captured step replays it; None when it is 1.
+        self.late_scale = torch.ones((), device=self.device) if config.distill_late_scale != 1.0 else None
         self.step = 0
         self.train_seconds = 0.0
         self.history: list[dict] = []
@@ -213,6 +216,9 @@ class NernRun:
             self.model.open_embedding_levels(1 + (cfg.emb_levels - 1) * self.step / cfg.emb_window_steps)
         if self.average is not None:
             self.average.advance()
+        if self.late_scale is not None:
+            late = self.step >= int(cfg.distill_late_from * cfg.steps)
+            self.late_scale.fill_(cfg.distill_late_scale if late else 1.0)
         idx = self._kernel_batch()
         distilling = self.distill and self.step >= cfg.distill_warmup_steps
         x, which = self._input_batch() if distilling else (None, None)
@@ -257,7 +263,10 @@ class NernRun:
                 rows = self._cached_rows.index_put((idx,), rows)
             terms.update(self._distillation(rows, x, which))
         weights = {"rec": cfg.w_rec, "kd": cfg.w_kd, "fmd": cfg.w_fmd}
-        loss = sum(weights[k] * v for k, v in terms.items())
+        if self.late_scale is None:
+            loss = sum(weights[k] * v for k, v in terms.items())
+        else:
+            loss = cfg.w_rec * l_rec + self.late_scale * sum(weights[k] * terms[k] for k in terms if k != "rec")
 
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()

@@ -1,0 +1,53 @@
+"""The late loss balance (`distill_late_scale`, `distill_late_from`): the distillation terms'
+weights rise by the factor from that fraction of the schedule on, in the eager step and in the
+step the CUDA-graph path runs (where the factor is a device tensor written before each step)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import nern.train
+from nern.config import FitConfig
+from nern.train import NernRun
+
+TINY = dict(hidden=16, layers=3, emb_levels=4, batch_size=4, threads=1, permute="none", lr=1e-2,
+            lr_warmup_steps=2, w_kd=0.5, w_fmd=0.25, ema_decay=0.9)
+
+
+def _losses(run: NernRun, n: int) -> list[dict[str, float]]:
+    return [dict(run.train_step()) for _ in range(n)]
+
+
+@pytest.mark.parametrize("graph_path", [False, True])
+def test_the_distillation_weights_rise_by_the_factor_from_the_given_fraction(resnet20_sd, monkeypatch, graph_path):
+    if graph_path:
+        monkeypatch.setattr(nern.train, "use_cuda_graphs", lambda *args: True)
+    cfg = FitConfig(steps=8, distill_late_scale=4.0, distill_late_from=0.5, **TINY)
+    run = NernRun(resnet20_sd, cfg, None)
+    assert (run._graphed is not None) == graph_path
+    for step, t in enumerate(_losses(run, 8)):
+        factor = 4.0 if step >= 4 else 1.0  # 0.5 of 8 steps: from the fifth step (index 4) on
+        by_hand = t["rec"] + factor * (0.5 * t["kd"] + 0.25 * t["fmd"])
+        assert t["loss"] == pytest.approx(by_hand, rel=1e-6), step
+
+
+def test_before_its_step_a_late_balance_run_is_the_plain_run(resnet20_sd):
+    plain = NernRun(resnet20_sd, FitConfig(steps=8, **TINY), None)
+    late = NernRun(resnet20_sd, FitConfig(steps=8, distill_late_scale=4.0, distill_late_from=0.5, **TINY), None)
+    for a, b in zip(_losses(plain, 4), _losses(late, 4)):
+        assert b == pytest.approx(a, rel=1e-6)
+    for name, p in plain.model.predictor.state_dict().items():
+        assert torch.allclose(late.model.predictor.state_dict()[name], p, rtol=1e-6, atol=1e-7), name
+    # From then on the larger distillation weight moves the predictor elsewhere.
+    plain.train_step(), late.train_step()
+    moved = max(float((late.model.predictor.state_dict()[n] - p).abs().max())
+                for n, p in plain.model.predictor.state_dict().items())
+    assert moved > 1e-5
+
+
+def test_a_late_balance_outside_the_schedule_is_refused():
+    with pytest.raises(ValueError, match="distill_late_from"):
+        FitConfig(distill_late_from=1.0)
+    with pytest.raises(ValueError, match="distill_late_scale"):
+        FitConfig(distill_late_scale=-1.0)
