@@ -148,9 +148,6 @@ def main() -> int:
     ap.add_argument("--also-test", action="store_true",
                     help="after the held-out score, also score the fitted package once on the full test set")
     ap.add_argument("--out", default=None, help="also append the JSON line to this file")
-    ap.add_argument("--late", default=None,
-                    help="JSON loss-weight overrides (w_rec, w_kd, w_fmd) from step --late-at on (late loss balance)")
-    ap.add_argument("--late-at", type=int, default=0)
     ap.add_argument("--checkpoint", choices=sorted(PRESETS), default="resnet20",
                     help="the shared checkpoint and the paper's predictor width for it (fit_resnet20.py's presets)")
     args = ap.parse_args()
@@ -169,14 +166,7 @@ def main() -> int:
     last = [0.0]
     curve: list[dict] = []
 
-    late = json.loads(args.late) if args.late else {}
-    if set(late) - {"w_rec", "w_kd", "w_fmd"} or (late and not 0 < args.late_at < args.steps):
-        ap.error("--late takes w_rec / w_kd / w_fmd, with 0 < --late-at < --steps")
-
     def on_progress(p) -> None:
-        if late and p.step >= args.late_at and p.stage == "training":
-            for k, v in late.items():  # the run reads its loss weights from this config every step
-                setattr(cfg, k, v)
         if p.stage == "training":
             step_times.append(p.elapsed_s - last[0])
             last[0] = p.elapsed_s
@@ -194,7 +184,6 @@ def main() -> int:
         "name": args.name,
         "checkpoint": args.checkpoint,
         "recipe": overrides,
-        **({"late": late, "late_at": args.late_at} if late else {}),
         "data": args.data,
         "eval": args.eval,
         "steps": s["steps"],

@@ -18,8 +18,6 @@ def main() -> int:
     for line in path.read_text().splitlines():
         d = json.loads(line)
         recipe = ", ".join(f"{k}={v}" for k, v in d["recipe"].items()) or "defaults"
-        if d.get("late"):
-            recipe += f"; from step {d['late_at']}: " + ", ".join(f"{k}={v}" for k, v in d["late"].items())
         curve = ", ".join(f"{p['step']}: {p['top1']}" for p in d["curve"][:-1])
         err = "—" if d.get("rel_err") is None else f"{d['rel_err']:.3f}"
         print(f"| {d['name']} | {d.get('checkpoint', 'resnet20')} | {recipe} | {d['data']} | {d['eval']} "
