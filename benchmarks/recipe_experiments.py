@@ -44,7 +44,7 @@ from nern import (  # noqa: E402
     predict_weights,
     sha256_file,
 )
-from nern.data import normalize  # noqa: E402
+from nern.data import load_labelled, normalize  # noqa: E402
 from nern.reconstruct import run_with_weights  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -129,11 +129,6 @@ def logit_kl(net: torch.nn.Module, weights: dict, images_u8: torch.Tensor, batch
     return round(total / images_u8.shape[0], 6)
 
 
-def chw_images(path: Path) -> tuple[torch.Tensor, torch.Tensor]:
-    with np.load(path) as z:
-        return torch.from_numpy(z["images"]).permute(0, 3, 1, 2).contiguous(), torch.from_numpy(z["labels"]).long()
-
-
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--steps", type=int, default=600)
@@ -180,6 +175,7 @@ def main() -> int:
     s = result.summary
     num_kernels = sum(w.shape[0] * w.shape[1] for n, w in sd.items()
                       if n in s["layer_errors"])
+    net, weights = load_target(sd)[0], predict_weights(result.package)
     line = {
         "name": args.name,
         "checkpoint": args.checkpoint,
@@ -189,7 +185,7 @@ def main() -> int:
         "steps": s["steps"],
         "top1": s.get("reconstructed_top1"),
         "agreement": s.get("agreement"),
-        "kl": logit_kl(load_target(sd)[0], predict_weights(result.package), chw_images(Path(eval_data))[0]),
+        "kl": logit_kl(net, weights, load_labelled(eval_data, 32)[0]),
         "original_top1": s.get("original_top1"),
         "rel_err": s["relative_weight_error"],
         "median_step_s": round(statistics.median(step_times[5:] or step_times), 4),
@@ -205,8 +201,7 @@ def main() -> int:
         with open(args.out, "a") as f:
             f.write(json.dumps(line) + "\n")
     if args.also_test:
-        images, labels = chw_images(SHARED / "cifar10_test.npz")
-        net, weights = load_target(sd)[0], predict_weights(result.package)
+        images, labels = load_labelled(str(SHARED / "cifar10_test.npz"), 32)
         m = evaluate_weights(net, weights, images, labels)
         test = {**line, "eval": "test", "top1": m["reconstructed_top1"], "agreement": m["agreement"],
                 "kl": logit_kl(net, weights, images),
