@@ -128,18 +128,22 @@ def test_no_job_lost_under_worker_kills_db_drops_and_broker_loss(cluster):
             accepted.append(r.json()["id"])
 
         # SIGKILL a worker (with its pool) while it runs jobs, then start it again; terminate every
-        # database connection now and then. At least 10 kills.
+        # database connection now and then. At least 10 kills. The first round waits for a job past
+        # its first checkpoint and kills both workers, so at least one attempt dies after a
+        # checkpoint and its job must resume (on a slow CPU the later kills may all land before one).
         deadline = time.monotonic() + 240
         while counts["sigkill"] < 10:
             assert time.monotonic() < deadline, f"too slow: {counts}"
-            running = [j for j in _running_jobs(c) if j["step"] >= 2]
+            first = counts["sigkill"] == 0
+            running = [j for j in _running_jobs(c) if (CHAOS_SPEC["checkpoint_every"] < j["step"] < 20 if first
+                                                        else j["step"] >= 2)]
             if not running:
-                time.sleep(0.3)
+                time.sleep(0.1 if first else 0.3)
                 continue
-            name = rng.choice(sorted(workers))
-            cluster.kill(workers[name])
-            counts["sigkill"] += 1
-            workers[name] = cluster.start_worker("cpu", f"chaos-{name}", concurrency=2)
+            for name in sorted(workers) if first else [rng.choice(sorted(workers))]:
+                cluster.kill(workers[name])
+                counts["sigkill"] += 1
+                workers[name] = cluster.start_worker("cpu", f"chaos-{name}", concurrency=2)
             if counts["sigkill"] % 3 == 0:
                 counts["pg_terminate_backend"] += terminate_pg_backends(cluster.pg_name)
             if counts["sigkill"] == 5:  # the workers announce themselves to the API
