@@ -15,11 +15,13 @@ from nern.data import fixed_subset, load_images
 from nern.evaluate import evaluate_weights
 from nern.targets import create_target
 
-# A smaller predictor (h=128) and distillation batch (16) than the defaults: the test is of the
-# command line, and this fit is well clear of chance at a fraction of the default step's cost.
-# Measured 2026-11-29 (2 threads, 2,000 test images): 49.6 % in fp32 (116 s), 43.2 % in bf16
-# (93 s); the default recipe's 300 steps took 177 s. Precision: the library's choice.
-FIT_ARGS = ["--steps", "300", "--threads", "2", "--batch-size", "16", "--hidden", "128"]
+# A much smaller predictor (h=64) and distillation batch (16) than the defaults: the test is of
+# the command line, and this fit is well clear of chance at a fraction of the default step's cost.
+# Measured 2026-11-29 on a 2-core AMD EPYC (Zen 1, AVX2 only: fp32), 2,000 test images: 30.0 % in
+# 88 s (h=128: 49.6 % in 153 s there; 150 steps of h=128: 19.5 %). In bf16 (the library's choice
+# on AVX512-BF16 CPUs) h=128 lost 6 points at 300 steps; the 15 % bar leaves room for that
+# (chance is 10 %, ±0.7 % on 2,000 images). Precision: the library's choice.
+FIT_ARGS = ["--steps", "300", "--threads", "2", "--batch-size", "16", "--hidden", "64"]
 EVAL_LIMIT = 2000
 
 
@@ -48,7 +50,7 @@ def test_fit_writes_a_package_whose_reconstruction_beats_chance(fitted, resnet20
     report = json.loads(proc.stdout)
     assert {"original_top1", "reconstructed_top1", "agreement", "layer_errors"} <= set(report)
     assert report["original_top1"] > 85.0
-    assert report["reconstructed_top1"] > 20.0, report  # chance is 10%
+    assert report["reconstructed_top1"] > 15.0, report  # chance is 10%
     assert len(report["layer_errors"]) == 19
 
     # Reload the reconstruction into the original architecture and score it independently.

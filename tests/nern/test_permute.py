@@ -16,19 +16,22 @@ from nern.permute import (
 
 
 def naive_greedy(kernels: np.ndarray, start: int = 0) -> np.ndarray:
-    """The plain definition: start at `start`, repeatedly take the most similar unvisited."""
+    """The plain definition: start at `start`, repeatedly take the most similar unvisited (cosine
+    similarity to every kernel, recomputed at each step; two zero kernels count as similarity 1,
+    a zero and a non-zero one as 0; ties go to the lowest index)."""
     x = kernels.reshape(len(kernels), -1).astype(np.float64)
     norms = np.linalg.norm(x, axis=1)
+    zero = norms == 0
     n = len(x)
     visited = np.zeros(n, bool)
     order = [start]
     visited[start] = True
     cur = start
     for _ in range(n - 1):
-        sims = np.array([
-            x[cur] @ x[j] / (norms[cur] * norms[j]) if norms[cur] and norms[j] else (1.0 if not norms[cur] and not norms[j] else 0.0)
-            for j in range(n)
-        ])
+        if zero[cur]:
+            sims = zero.astype(np.float64)
+        else:
+            sims = np.divide(x @ x[cur], norms * norms[cur], out=np.zeros(n), where=~zero)
         sims[visited] = -np.inf
         cur = int(np.argmax(sims))
         visited[cur] = True

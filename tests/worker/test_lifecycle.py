@@ -70,7 +70,7 @@ def test_gpu_job_goes_to_the_gpu_worker(deployment, key):
 
 
 def test_worker_killed_mid_job_resumes_on_another_worker(deployment, key):
-    spec = {**TINY_SPEC, "steps": 240, "checkpoint_every": 10}
+    spec = {**TINY_SPEC, "steps": 120, "checkpoint_every": 10}
     w1 = deployment.start_worker("cpu", "w-kill-1")
     with deployment.client(key) as c:
         jid = submit(c, spec).json()["id"]
@@ -87,13 +87,13 @@ def test_worker_killed_mid_job_resumes_on_another_worker(deployment, key):
     assert job["attempts"] == 2
     resumed = job["resumed_from_step"]
     assert resumed > 0 and resumed % 10 == 0 and resumed <= killed_at
-    assert job["summary"]["resumed_from_step"] == resumed and job["summary"]["steps"] == 240
+    assert job["summary"]["resumed_from_step"] == resumed and job["summary"]["steps"] == 120
     second = [p["step"] for p in points if p["attempt"] == 2 and p["stage"] == "training"]
-    assert second[0] == resumed + 1 and second[-1] == 240
+    assert second[0] == resumed + 1 and second[-1] == 120
 
 
 def test_job_fails_after_max_attempts_of_lost_workers_then_retry_succeeds(deployment, key):
-    spec = {**TINY_SPEC, "steps": 150, "checkpoint_every": 10}
+    spec = {**TINY_SPEC, "steps": 80, "checkpoint_every": 10}
     with deployment.client(key) as c:
         jid = submit(c, spec).json()["id"]
         for attempt in (1, 2):  # the deployment allows 2 attempts
