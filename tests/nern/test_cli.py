@@ -18,7 +18,8 @@ from nern.targets import create_target
 # A much smaller predictor (h=64) and distillation batch (16) than the defaults: the test is of
 # the command line, and this fit is well clear of chance at a fraction of the default step's cost.
 # Measured 2026-11-29 on a 2-core AMD EPYC (Zen 1, AVX2 only), 2,000 test images: 30.0 % in fp32
-# (the library's choice there; 88 s) and 29.7 % with --amp (bf16, the choice on AVX512-BF16 CPUs).
+# (the library's choice there; 88 s) and 29.7 % in bf16 (forced by hand for that one measurement;
+# bf16 is the library's choice on AVX512-BF16 CPUs).
 # h=128 took 153 s there for 49.6 %. Chance is 10 % (±0.7 % on 2,000 images); the bar is 15 %.
 FIT_ARGS = ["--steps", "300", "--threads", "2", "--batch-size", "16", "--hidden", "64"]
 EVAL_LIMIT = 2000
