@@ -262,11 +262,9 @@ class NernRun:
                         self._cached_rows = self.model()
                 rows = self._cached_rows.index_put((idx,), rows)
             terms.update(self._distillation(rows, x, which))
-        weights = {"rec": cfg.w_rec, "kd": cfg.w_kd, "fmd": cfg.w_fmd}
-        if self.late_scale is None:
-            loss = sum(weights[k] * v for k, v in terms.items())
-        else:
-            loss = cfg.w_rec * l_rec + self.late_scale * sum(weights[k] * terms[k] for k in terms if k != "rec")
+        weights = {"kd": cfg.w_kd, "fmd": cfg.w_fmd}
+        distill = sum(weights[k] * v for k, v in terms.items() if k != "rec")
+        loss = cfg.w_rec * l_rec + (distill if self.late_scale is None else self.late_scale * distill)
 
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
