@@ -54,6 +54,7 @@ BENCH = dict(
     batch_size=64, kernel_batch_size=0, optimizer="adam", lr=3e-3, lr_warmup_steps=50,
     w_rec=1.0, w_kd=1e-4, w_fmd=1e-4, rec_normalize=True, data="cifar10", augment=True,
     threads=2, seed=0, ema_decay=0.99,  # amp: the library's choice for this machine
+    distill_late_scale=1.0,  # one loss balance throughout, as when issue 7's table was measured
 )
 # --checkpoint presets: the shared checkpoint file and the paper's predictor width for it.
 PRESETS = {"resnet20": ("resnet20-12fca82f.th", {"hidden": 180}), "resnet56": ("resnet56-4bfd9763.th", {"hidden": 320})}

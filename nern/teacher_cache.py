@@ -45,15 +45,20 @@ class TeacherCache:
     @torch.no_grad()
     def build(cls, net: nn.Module, fmd_names: Sequence[str], inputs: InputSource,
               batch: int = BUILD_BATCH) -> TeacherCache:
-        """Run `net` (eval mode) once over every image of `inputs`, un-augmented."""
-        logits, maps = [], [[] for _ in fmd_names]
+        """Run `net` (eval mode) once over every image of `inputs`, un-augmented. Each batch's
+        outputs are written into tensors sized for all N images (made at the first batch), so
+        building needs the cache's memory once, not a list of batches and then their copy."""
+        n = len(inputs)
+        out: list[torch.Tensor] = []  # logits, then the maps in fmd_names' order
         with FeatureMapRecorder(net, fmd_names) as rec:
-            for start in range(0, len(inputs), batch):
-                which = torch.arange(start, min(start + batch, len(inputs)), device=inputs.device)
-                logits.append(net(inputs.batch(which)))
-                for acc, m in zip(maps, rec.maps if fmd_names else []):
-                    acc.append(m)
-        return cls(torch.cat(logits), [torch.cat(m) for m in maps])
+            for start in range(0, n, batch):
+                which = torch.arange(start, min(start + batch, n), device=inputs.device)
+                got = [net(inputs.batch(which)), *(rec.maps if fmd_names else [])]
+                if not out:
+                    out = [t.new_empty((n, *t.shape[1:])) for t in got]
+                for dst, t in zip(out, got):
+                    dst[start:start + len(which)] = t
+        return cls(out[0], out[1:])
 
     def lookup(self, which: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """The cached logits and feature maps of images `which` (a device index tensor)."""

@@ -138,6 +138,8 @@ class NernRun:
         self.distill_terms = [k for k, w in (("kd", config.w_kd), ("fmd", config.w_fmd)) if w > 0]
         # The late loss balance's factor on the distillation terms: a device tensor written before
         # each step (as the learning rate), so a captured step replays it; None when it is 1.
+        # With distill_late_scale None the factor follows the schedule's length (FitConfig.late_scale),
+        # which a time budget may still fix after the run is built: the tensor is there from the start.
         self.late_scale = torch.ones((), device=self.device) if config.distill_late_scale != 1.0 else None
         self.step = 0
         self.train_seconds = 0.0
@@ -218,7 +220,7 @@ class NernRun:
             self.average.advance()
         if self.late_scale is not None:
             late = self.step >= int(cfg.distill_late_from * cfg.steps)
-            self.late_scale.fill_(cfg.distill_late_scale if late else 1.0)
+            self.late_scale.fill_(cfg.late_scale() if late else 1.0)
         idx = self._kernel_batch()
         distilling = self.distill and self.step >= cfg.distill_warmup_steps
         x, which = self._input_batch() if distilling else (None, None)
@@ -316,12 +318,18 @@ class NernRun:
 
     def _same_config(self, stored: dict) -> bool:
         """Whether a saved state's configuration is this run's; fields added since it was saved
-        take their defaults (a state from before `cuda_graphs`/`log_every` still resumes)."""
+        take their defaults (a state from before `cuda_graphs`/`log_every` still resumes), and the
+        late balance compares by its value for the schedule (a state saved with 1 when that was the
+        default resumes under None where None means 1 for its steps)."""
         try:
-            stored = FitConfig.model_validate(stored).model_dump(mode="json")
+            config = FitConfig.model_validate(stored)
         except ValueError:
             return False
-        return stored == self.config.model_dump(mode="json")
+
+        def effective(c: FitConfig) -> dict:
+            return {**c.model_dump(mode="json"), "distill_late_scale": c.late_scale()}
+
+        return effective(config) == effective(self.config)
 
 
 def fit(
@@ -370,6 +378,7 @@ def fit(
         "precision": "bf16" if run.amp else "fp32",
         "cuda_graphs": run.cuda_graphs,
         "teacher_cache": run.teacher_cache is not None,
+        "distill_late_scale": run.config.late_scale(),
         "resumed_from_step": run.resumed_from_step,
         "final_losses": run.history[-1] if run.history else {},
         "smoothness": run.smoothness,

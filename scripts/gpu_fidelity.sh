@@ -18,10 +18,12 @@ log="$OUT/gpu_fidelity_$(date -u +%Y%m%d).jsonl"
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 threads=null
 [ "$DEVICE" = cpu ] && threads=2
-# The bench configuration with the library's default recipe in place of the bench's own.
+# The bench configuration with the library's default recipe in place of the bench's own (the late
+# loss balance too: None lets the library choose it for the calibrated schedule's length).
 set_json=$("$PY" -c 'import json, sys; from nern.config import FitConfig; c = FitConfig()
-print(json.dumps({"device": sys.argv[1], "threads": json.loads(sys.argv[2]),
-                  "lr": c.lr, "w_kd": c.w_kd, "w_fmd": c.w_fmd, "augment": c.augment}))' "$DEVICE" "$threads") || exit 1
+print(json.dumps({"device": sys.argv[1], "threads": json.loads(sys.argv[2]), "lr": c.lr, "w_kd": c.w_kd,
+                  "w_fmd": c.w_fmd, "augment": c.augment, "distill_late_scale": c.distill_late_scale}))' \
+  "$DEVICE" "$threads") || exit 1
 "$PY" benchmarks/fit_resnet20.py --checkpoint "$NET" --minutes "$MINUTES" --evals 5 --set "$set_json" \
   | tail -n 1 >>"$log" || exit 1
 tail -n 1 "$log"

@@ -7,6 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+import nern.config
 import nern.train
 from nern.config import FitConfig
 from nern.train import NernRun
@@ -51,3 +52,32 @@ def test_a_late_balance_outside_the_schedule_is_refused():
         FitConfig(distill_late_from=1.0)
     with pytest.raises(ValueError, match="distill_late_scale"):
         FitConfig(distill_late_scale=-1.0)
+
+
+def test_left_unset_the_factor_follows_the_schedule_length():
+    from nern.config import LATE_SCALE_FROM_STEPS, LATE_SCALE_LONG
+
+    assert FitConfig().distill_late_scale is None
+    assert FitConfig(steps=LATE_SCALE_FROM_STEPS - 1).late_scale() == 1.0  # the demo's 600 steps: off
+    assert FitConfig(steps=LATE_SCALE_FROM_STEPS).late_scale() == LATE_SCALE_LONG == 5.0
+    assert FitConfig(steps=10_000, distill_late_scale=1.0).late_scale() == 1.0  # an explicit value wins
+    assert FitConfig(steps=600, distill_late_scale=3.0).late_scale() == 3.0
+
+
+@pytest.mark.parametrize("threshold,factor", [(8, 5.0), (9, 1.0)])
+def test_an_unset_factor_is_applied_by_the_step_from_the_threshold_on(resnet20_sd, monkeypatch, threshold, factor):
+    monkeypatch.setattr(nern.config, "LATE_SCALE_FROM_STEPS", threshold)  # 8 steps: long from 8 on
+    run = NernRun(resnet20_sd, FitConfig(steps=8, **TINY), None)
+    for step, t in enumerate(_losses(run, 8)):
+        f = factor if step >= 4 else 1.0
+        assert t["loss"] == pytest.approx(t["rec"] + f * (0.5 * t["kd"] + 0.25 * t["fmd"]), rel=1e-6), step
+
+
+def test_a_state_saved_with_the_former_default_resumes_where_the_factor_is_the_same(resnet20_sd, monkeypatch):
+    run = NernRun(resnet20_sd, FitConfig(steps=8, **TINY), None)  # unset: 1 for 8 steps
+    former = FitConfig(steps=8, distill_late_scale=1.0, **TINY).model_dump(mode="json")
+    assert run._same_config(former)
+    assert not run._same_config({**former, "distill_late_scale": 5.0})
+    monkeypatch.setattr(nern.config, "LATE_SCALE_FROM_STEPS", 8)  # unset now means 5 for 8 steps
+    assert not run._same_config(former)
+    assert run._same_config({**former, "distill_late_scale": 5.0})

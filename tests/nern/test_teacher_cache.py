@@ -96,3 +96,15 @@ def test_a_fit_reports_whether_it_used_the_cache(resnet20_sd, images_npz):
     on = fit(resnet20_sd, FitConfig(data=images_npz, steps=2, **TINY)).summary
     off = fit(resnet20_sd, FitConfig(data=images_npz, steps=2, **{**TINY, "augment": True})).summary
     assert (on["teacher_cache"], off["teacher_cache"]) == (True, False)
+
+
+def test_building_in_several_batches_fills_every_row_in_order(resnet20_sd, images_npz):
+    from nern.teacher_cache import TeacherCache
+
+    run = NernRun(resnet20_sd, FitConfig(data=images_npz, **TINY), None)
+    net = run.train_net.module
+    whole = TeacherCache.build(net, run.fmd_names, run.inputs)  # one batch of 20
+    batched = TeacherCache.build(net, run.fmd_names, run.inputs, batch=7)  # 7 + 7 + 6
+    assert batched.nbytes == whole.nbytes
+    for got, want in zip([batched.logits, *batched.maps], [whole.logits, *whole.maps]):
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
