@@ -81,3 +81,12 @@ def test_a_state_saved_with_the_former_default_resumes_where_the_factor_is_the_s
     monkeypatch.setattr(nern.config, "LATE_SCALE_FROM_STEPS", 8)  # unset now means 5 for 8 steps
     assert not run._same_config(former)
     assert run._same_config({**former, "distill_late_scale": 5.0})
+
+
+def test_left_unset_on_a_short_schedule_the_run_is_exactly_the_one_balance_run(resnet20_sd):
+    unset = NernRun(resnet20_sd, FitConfig(steps=8, **TINY), None)  # the demo's case: 1 below the threshold
+    one = NernRun(resnet20_sd, FitConfig(steps=8, distill_late_scale=1.0, **TINY), None)
+    assert unset.late_scale is not None and one.late_scale is None  # a multiplication by 1.0 more
+    assert _losses(unset, 8) == _losses(one, 8)  # bit for bit: x·1.0 is x
+    for name, p in one.model.predictor.state_dict().items():
+        assert torch.equal(unset.model.predictor.state_dict()[name], p), name
