@@ -137,9 +137,9 @@ class NernRun:
                                                config.teacher_cache_mb) if self.distill else None
         self.distill_terms = [k for k, w in (("kd", config.w_kd), ("fmd", config.w_fmd)) if w > 0]
         # The late loss balance's factor on the distillation terms: a device tensor written before
-        # each step (as the learning rate), so a captured step replays it; None when it is 1.
-        # With distill_late_scale None the factor follows the schedule's length (FitConfig.late_scale),
-        # which a time budget may still fix after the run is built: the tensor is there from the start.
+        # each step (as the learning rate), so a captured step replays it. None only for an explicit
+        # 1: unset, the factor follows the schedule's length (FitConfig.late_scale), which a time
+        # budget may fix after the run is built.
         self.late_scale = torch.ones((), device=self.device) if config.distill_late_scale != 1.0 else None
         self.step = 0
         self.train_seconds = 0.0
