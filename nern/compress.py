@@ -111,7 +111,7 @@ def finetune_run(
     if steps < 1:
         raise ConfigError("fine-tuning needs at least 1 step")
     base = FitConfig(**stored)
-    lr = lr if lr is not None else base.lr * 0.1
+    lr = lr if lr is not None else base.peak_lr() * 0.1
     cfg = FitConfig(**{
         **base.model_dump(), "steps": steps, "lr": lr, "min_lr": min(base.min_lr, lr), "lr_warmup_steps": 0,
         "eval_data": None, "checkpoint_every": 0, "threads": threads or base.threads,

@@ -151,7 +151,7 @@ class NernRun:
         """A fresh optimiser for the predictor's current parameters (graph-safe when the step is
         captured); fine-tuning starts one."""
         cfg = self.config
-        self.optimizer = make_optimizer(self.model.predictor.parameters(), cfg.optimizer, cfg.lr, cfg.betas,
+        self.optimizer = make_optimizer(self.model.predictor.parameters(), cfg.optimizer, cfg.peak_lr(), cfg.betas,
                                         cfg.weight_decay, graph_safe=self.cuda_graphs)
         if self._graphed is not None:
             self._graphed.reset()  # the graph held the old optimiser's state tensors
@@ -212,7 +212,7 @@ class NernRun:
         place, draws the kernel batch and the input batch, then runs `_step` (replayed as a CUDA
         graph when `cuda_graphs`); the losses stay on the device until read."""
         cfg = self.config
-        lr = learning_rate(self.step, cfg.steps, cfg.lr, cfg.min_lr, cfg.lr_warmup_steps)
+        lr = learning_rate(self.step, cfg.steps, cfg.peak_lr(), cfg.min_lr, cfg.lr_warmup_steps)
         set_learning_rate(self.optimizer, lr)
         if cfg.emb_window_steps:
             self.model.open_embedding_levels(1 + (cfg.emb_levels - 1) * self.step / cfg.emb_window_steps)
@@ -318,16 +318,16 @@ class NernRun:
 
     def _same_config(self, stored: dict) -> bool:
         """Whether a saved state's configuration is this run's; fields added since it was saved
-        take their defaults (a state from before `cuda_graphs`/`log_every` still resumes), and the
-        late balance compares by its value for the schedule (a state saved with 1 when that was the
-        default resumes under None where None means 1 for its steps)."""
+        take their defaults (a state from before `cuda_graphs`/`log_every` still resumes); the late
+        balance and the learning rate compare by the values they take (a state saved with lr 1e-2,
+        once the default, resumes under None where None means 1e-2 for its steps)."""
         try:
             config = FitConfig.model_validate(stored)
         except ValueError:
             return False
 
         def effective(c: FitConfig) -> dict:
-            return {**c.model_dump(mode="json"), "distill_late_scale": c.late_scale()}
+            return {**c.model_dump(mode="json"), "distill_late_scale": c.late_scale(), "lr": c.peak_lr()}
 
         return effective(config) == effective(self.config)
 
@@ -379,6 +379,7 @@ def fit(
         "cuda_graphs": run.cuda_graphs,
         "teacher_cache": run.teacher_cache is not None,
         "distill_late_scale": run.config.late_scale(),
+        "lr": run.config.peak_lr(),
         "resumed_from_step": run.resumed_from_step,
         "final_losses": run.history[-1] if run.history else {},
         "smoothness": run.smoothness,

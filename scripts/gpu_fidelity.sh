@@ -19,7 +19,8 @@ export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 threads=null
 [ "$DEVICE" = cpu ] && threads=2
 # The bench configuration with the library's default recipe in place of the bench's own (the late
-# loss balance too: None lets the library choose it for the calibrated schedule's length).
+# loss balance too: None lets the library choose it for the calibrated schedule's length, and
+# the learning rate: None lets it choose it for that length too).
 set_json=$("$PY" -c 'import json, sys; from nern.config import FitConfig; c = FitConfig()
 print(json.dumps({"device": sys.argv[1], "threads": json.loads(sys.argv[2]), "lr": c.lr, "w_kd": c.w_kd,
                   "w_fmd": c.w_fmd, "augment": c.augment, "distill_late_scale": c.distill_late_scale}))' \
