@@ -12,6 +12,18 @@ Besides FitConfig keys, a side may set "onednn_linear": false to run the predict
 CPU layers on PyTorch's own Linear (MKL) instead of oneDNN (`nern.cpu_linear.enabled`):
 
     python benchmarks/step_ab.py --base '{"amp": false}' --a '{"onednn_linear": false}' --b '{}'
+
+and "compile": true to run the step's forward passes (`NernRun._predict`, `NernRun._distillation`)
+through `torch.compile` (inductor; their backward passes are compiled with them). Inductor cannot
+take the oneDNN products (its lowering wants their weights as graph constants), so a compiled side
+also sets "onednn_linear": false. Its warm-up seconds (compilation) are printed:
+
+    TORCHINDUCTOR_CACHE_DIR=$(mktemp -d) python benchmarks/step_ab.py --base '{"amp": false}' \
+        --a '{}' --b '{"onednn_linear": false, "compile": true}'
+
+Give each kernel choice (native, or AVX2 forced with ATEN_CPU_CAPABILITY=avx2) its own inductor
+cache: with torch 2.14.1, a native run that found kernels compiled under forced AVX2 in the
+cache crashed (heap corruption).
 """
 
 from __future__ import annotations
@@ -49,15 +61,24 @@ def main() -> int:
     base = {**BENCH, "threads": args.threads, "steps": 10**6, **json.loads(args.base)}
     sides = {k: json.loads(v) for k, v in (("a", args.a), ("b", args.b))}
     onednn = {k: bool(side.pop("onednn_linear", True)) for k, side in sides.items()}
+    compiled = {k: bool(side.pop("compile", False)) for k, side in sides.items()}
+    if any(compiled[k] and onednn[k] for k in sides):
+        ap.error('a side with "compile": true needs "onednn_linear": false (see --help)')
     runs = {k: NernRun(sd, FitConfig(**{**base, **side}), source_sha256="ab") for k, side in sides.items()}
+    for k, run in runs.items():
+        if compiled[k]:
+            run._predict, run._distillation = torch.compile(run._predict), torch.compile(run._distillation)
 
     def step(k: str) -> None:
         nern.cpu_linear.enabled = onednn[k]
         runs[k].train_step()
 
+    warmup = {}
     for k in runs:
+        t0 = time.perf_counter()
         for _ in range(3):
             step(k)
+        warmup[k] = round(time.perf_counter() - t0, 1)
     times: dict[str, list[float]] = {"a": [], "b": []}
     for _ in range(args.rounds):
         for k in runs:
@@ -69,7 +90,7 @@ def main() -> int:
     med = {k: statistics.median(v) for k, v in times.items()}
     print(json.dumps({
         "a": json.loads(args.a), "b": json.loads(args.b), "base": json.loads(args.base),
-        "a_step_s": round(med["a"], 4), "b_step_s": round(med["b"], 4), "b_over_a": round(med["b"] / med["a"], 3),
+        "warmup_s": warmup, "a_step_s": round(med["a"], 4), "b_step_s": round(med["b"], 4), "b_over_a": round(med["b"] / med["a"], 3),
         "precision": {k: "bf16" if r.amp else "fp32" for k, r in runs.items()},
         "teacher_cache": {k: r.teacher_cache is not None for k, r in runs.items()},
         "cpu": describe_cpu(), "threads": args.threads, "rounds": args.rounds,
