@@ -27,8 +27,9 @@ LATE_SCALE_FROM_STEPS = 3000
 # and at 2,000; at 3,000 steps 6e-3 won in both seeds tried (held-out top-1 +0.2 and +0.25, KL
 # −15 and −24 %), as it did on ResNet-56 (h = 320) in all three runs at 3,000 steps, and at 10,000
 # steps (one run: test 91.78 against 91.56 %), where 4e-3 gained nothing (weight error +7 %, test
-# 91.42 %). 2,500 steps is near the crossover (two seeds, mixed; docs/experiments.md, "The
-# learning rate of long schedules").
+# 91.42 %); at 20,000 steps 4e-3 was closer to the original (KL −20 %) with top-1 level, one seed.
+# 2,500 and 2,750 steps are near the crossover (two seeds each: 1e-2 ahead or level or mixed;
+# docs/experiments.md, "The learning rate of long schedules" and "20,000 steps").
 LR_SHORT = 1e-2
 LR_LONG = 6e-3
 LR_LONG_FROM_STEPS = 3000
