@@ -23,16 +23,28 @@ LATE_SCALE_LONG = 5.0
 LATE_SCALE_FROM_STEPS = 3000
 
 # The peak learning rate the library chooses (lr None): 1e-2 for schedules below 3,000 steps,
-# 6e-3 from there on. On ResNet-20 (h = 180) 1e-2 beat 6e-3 at 600 steps (+2.2 points held-out)
-# and at 2,000; at 3,000 steps 6e-3 won in both seeds tried (held-out top-1 +0.2 and +0.25, KL
-# −15 and −24 %), as it did on ResNet-56 (h = 320) in all three runs at 3,000 steps, and at 10,000
-# steps (one run: test 91.78 against 91.56 %), where 4e-3 gained nothing (weight error +7 %, test
-# 91.42 %); at 20,000 steps 4e-3 was closer to the original (KL −20 %) with top-1 level, one seed.
-# 2,500 and 2,750 steps are near the crossover (two seeds each: 1e-2 ahead or level or mixed;
-# docs/experiments.md, "The learning rate of long schedules" and "20,000 steps").
+# 6e-3 from there on, 4e-3 from 20,000 steps. On ResNet-20 (h = 180) 1e-2 beat 6e-3 at 600 steps
+# (+2.2 points held-out) and at 2,000; at 3,000 steps 6e-3 won in both seeds tried (held-out top-1
+# +0.2 and +0.25, KL −15 and −24 %), as it did on ResNet-56 (h = 320) in all three runs at 3,000
+# steps, and at 10,000 steps (one run: test 91.78 against 91.56 %), where 4e-3 gained nothing
+# (weight error +7 %, test 91.42 %). At 20,000 steps 4e-3 was closer to the original than 6e-3 in
+# both seeds (held-out KL −20 and −13 %; held-out top-1 −0.1 and +0.15). 2,500 and 2,750 steps are
+# near the first crossover (two seeds each: 1e-2 ahead or level or mixed); between 10,000 and
+# 20,000 steps nothing was measured (docs/experiments.md, "The learning rate of long schedules"
+# and "20,000 steps").
 LR_SHORT = 1e-2
 LR_LONG = 6e-3
 LR_LONG_FROM_STEPS = 3000
+LR_LONGEST = 4e-3
+LR_LONGEST_FROM_STEPS = 20_000
+
+
+def library_lr(steps: int, longest: bool = True) -> float:
+    """The peak learning rate the library chooses for a schedule of `steps`; longest=False gives the
+    rule without the 4e-3 tier, under which states saved before 2026-11-30 ran."""
+    if longest and steps >= LR_LONGEST_FROM_STEPS:
+        return LR_LONGEST
+    return LR_LONG if steps >= LR_LONG_FROM_STEPS else LR_SHORT
 
 
 class FitConfig(BaseModel):
@@ -71,7 +83,8 @@ class FitConfig(BaseModel):
     lr: float | None = Field(
         None, gt=0.0, le=1.0,
         description=f"peak learning rate; None = {LR_SHORT:g} for schedules below {LR_LONG_FROM_STEPS:,} steps, "
-                    f"{LR_LONG:g} for longer ones (the long-schedule bench recipe sets 3e-3)",
+                    f"{LR_LONG:g} from there, {LR_LONGEST:g} from {LR_LONGEST_FROM_STEPS:,} (the long-schedule "
+                    "bench recipe sets 3e-3)",
     )
     min_lr: float = Field(1e-6, ge=0.0)
     lr_warmup_steps: int = Field(50, ge=0, description="linear learning-rate warm-up")
@@ -160,9 +173,7 @@ class FitConfig(BaseModel):
     def peak_lr(self) -> float:
         """The learning rate after warm-up: lr, or where it is None the library's choice for this
         schedule's length (see LR_SHORT)."""
-        if self.lr is not None:
-            return self.lr
-        return LR_LONG if self.steps >= LR_LONG_FROM_STEPS else LR_SHORT
+        return self.lr if self.lr is not None else library_lr(self.steps)
 
     def late_scale(self) -> float:
         """The distillation weights' factor from distill_late_from on: distill_late_scale, or where
@@ -170,6 +181,27 @@ class FitConfig(BaseModel):
         if self.distill_late_scale is not None:
             return self.distill_late_scale
         return LATE_SCALE_LONG if self.steps >= LATE_SCALE_FROM_STEPS else 1.0
+
+    def choices(self) -> dict[str, float]:
+        """The values the fields left unset take (a run's state records them, see `resumes_as`)."""
+        return {"lr": self.peak_lr(), "distill_late_scale": self.late_scale()}
+
+
+def resumes_as(stored: dict, chosen: dict | None, current: FitConfig) -> bool:
+    """Whether a state saved under configuration `stored`, with the library's choices `chosen`
+    (`FitConfig.choices`), continues as a run of `current`. Fields added since it was saved take
+    their defaults (a state from before `cuda_graphs`/`log_every` still resumes); the learning rate
+    and the late balance compare by the values they take, so a state saved with lr 1e-2, once the
+    default, resumes under None where None means 1e-2 for its steps, and a state whose recorded
+    choice differs from today's rule is refused rather than continued at another rate. States saved
+    before the choices were recorded ran under the rule without the 4e-3 tier."""
+    try:
+        config = FitConfig.model_validate(stored)
+    except ValueError:
+        return False
+    if chosen is None:
+        chosen = {**config.choices(), "lr": config.lr if config.lr is not None else library_lr(config.steps, False)}
+    return {**config.model_dump(mode="json"), **chosen} == {**current.model_dump(mode="json"), **current.choices()}
 
 
 # Choices and defaults of the compression and importance commands. They live here, with the

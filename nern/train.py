@@ -30,7 +30,7 @@ import torch
 
 from .averaging import ParameterAverage
 from .callbacks import Checkpoints, Evaluations, History, Progress, ProgressReport, StopWhen, TimeBudget
-from .config import FitConfig
+from .config import FitConfig, resumes_as
 from .data import InputSource, load_labelled
 from .errors import ConfigError
 from .evaluate import evaluate_package, evaluate_weights
@@ -281,6 +281,7 @@ class NernRun:
     def state(self) -> dict:
         return {
             "config": self.config.model_dump(mode="json"),
+            "choices": self.config.choices(),
             "source_sha256": self.source_sha256,
             "step": self.step,
             "train_seconds": self.train_seconds,
@@ -298,7 +299,7 @@ class NernRun:
 
     def load_state(self, path: Path) -> None:
         state = torch.load(path, map_location=self.device, weights_only=True)
-        if not self._same_config(state["config"]):
+        if not resumes_as(state["config"], state.get("choices"), self.config):
             raise ConfigError(f"{path} was written by a different configuration; use a fresh work_dir")
         if state["source_sha256"] != self.source_sha256:
             raise ConfigError(f"{path} belongs to a different checkpoint; use a fresh work_dir")
@@ -315,21 +316,6 @@ class NernRun:
         self.train_seconds = float(state["train_seconds"])
         self.history = list(state["history"])
         self.resumed_from_step = self.step
-
-    def _same_config(self, stored: dict) -> bool:
-        """Whether a saved state's configuration is this run's; fields added since it was saved
-        take their defaults (a state from before `cuda_graphs`/`log_every` still resumes); the late
-        balance and the learning rate compare by the values they take (a state saved with lr 1e-2,
-        once the default, resumes under None where None means 1e-2 for its steps)."""
-        try:
-            config = FitConfig.model_validate(stored)
-        except ValueError:
-            return False
-
-        def effective(c: FitConfig) -> dict:
-            return {**c.model_dump(mode="json"), "distill_late_scale": c.late_scale(), "lr": c.peak_lr()}
-
-        return effective(config) == effective(self.config)
 
 
 def fit(

@@ -9,7 +9,7 @@ import torch
 
 import nern.config
 import nern.train
-from nern.config import FitConfig
+from nern.config import FitConfig, resumes_as
 from nern.train import NernRun
 
 TINY = dict(hidden=16, layers=3, emb_levels=4, batch_size=4, threads=1, permute="none", lr=1e-2,
@@ -76,11 +76,11 @@ def test_an_unset_factor_is_applied_by_the_step_from_the_threshold_on(resnet20_s
 def test_a_state_saved_with_the_former_default_resumes_where_the_factor_is_the_same(resnet20_sd, monkeypatch):
     run = NernRun(resnet20_sd, FitConfig(steps=8, **TINY), None)  # unset: 1 for 8 steps
     former = FitConfig(steps=8, distill_late_scale=1.0, **TINY).model_dump(mode="json")
-    assert run._same_config(former)
-    assert not run._same_config({**former, "distill_late_scale": 5.0})
+    assert resumes_as(former, None, run.config)
+    assert not resumes_as({**former, "distill_late_scale": 5.0}, None, run.config)
     monkeypatch.setattr(nern.config, "LATE_SCALE_FROM_STEPS", 8)  # unset now means 5 for 8 steps
-    assert not run._same_config(former)
-    assert run._same_config({**former, "distill_late_scale": 5.0})
+    assert not resumes_as(former, None, run.config)
+    assert resumes_as({**former, "distill_late_scale": 5.0}, None, run.config)
 
 
 def test_left_unset_on_a_short_schedule_the_run_is_exactly_the_one_balance_run(resnet20_sd):
