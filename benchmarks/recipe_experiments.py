@@ -16,7 +16,8 @@ agreement with the original network, relative weight error, median step seconds 
 shared machine) and the step's FLOP count (analytic, see `step_gflop`), plus the top-1 at the
 intermediate evaluation points (--eval-every), and the mean KL divergence of the reconstruction's
 outputs from the original's on the scored images (`kl`, a score that does not saturate). Uses the
-library's public API, plus `normalize` and `run_with_weights` for the KL.
+library's public API, plus `normalize` and `run_with_weights` for the KL. While it trains, a line
+with the step, the recent seconds per step and the ETA goes to stderr every --progress-every steps.
 """
 
 from __future__ import annotations
@@ -140,6 +141,8 @@ def main() -> int:
     ap.add_argument("--name", default=None, help="short label for the table")
     ap.add_argument("--eval-every", type=int, default=0)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--progress-every", type=int, default=1000,
+                    help="print step, recent seconds per step and the ETA to stderr every N steps (0: never)")
     ap.add_argument("--also-test", action="store_true",
                     help="after the held-out score, also score the fitted package once on the full test set")
     ap.add_argument("--out", default=None, help="also append the JSON line to this file")
@@ -165,6 +168,11 @@ def main() -> int:
         if p.stage == "training":
             step_times.append(p.elapsed_s - last[0])
             last[0] = p.elapsed_s
+            if args.progress_every and p.step % args.progress_every == 0:
+                recent = statistics.median(step_times[-50:])
+                print(json.dumps({"name": args.name, "step": p.step, "s_per_step": round(recent, 4),
+                                  "eta_min": None if p.eta_s is None else round(p.eta_s / 60, 1)}),
+                      file=sys.stderr, flush=True)
 
     def on_eval(step: int, _seconds: float, metrics: dict) -> None:
         curve.append({"step": step, "top1": metrics.get("reconstructed_top1")})
