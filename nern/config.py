@@ -26,9 +26,10 @@ LATE_SCALE_FROM_STEPS = 3000
 # 6e-3 from there on, 4e-3 from 20,000 steps. On ResNet-20 (h = 180) 1e-2 beat 6e-3 at 600 steps
 # (+2.2 points held-out) and at 2,000; at 3,000 steps 6e-3 won in both seeds tried (held-out top-1
 # +0.2 and +0.25, KL −15 and −24 %), as it did on ResNet-56 (h = 320) in all three runs at 3,000
-# steps, and at 10,000 steps (one run: test 91.78 against 91.56 %), where 4e-3 gained nothing
-# (weight error +7 %, test 91.42 %). At 20,000 steps 4e-3 was closer to the original than 6e-3 in
-# both seeds (held-out KL −20 and −13 %; held-out top-1 −0.1 and +0.15). 2,500 and 2,750 steps are
+# steps, and at 10,000 steps (one run: test 91.78 against 91.56 %), where 4e-3 gained nothing in
+# two seeds (weight error +7.6 and +5 %, held-out KL −4 and +6 %). At 20,000 steps 4e-3 was
+# closer to the original than 6e-3 in both seeds (held-out KL −20 and −13 %; held-out top-1 −0.1
+# and +0.15). 2,500 and 2,750 steps are
 # near the first crossover (two seeds each: 1e-2 ahead or level or mixed); between 10,000 and
 # 20,000 steps nothing was measured (docs/experiments.md, "The learning rate of long schedules"
 # and "20,000 steps").
