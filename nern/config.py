@@ -94,7 +94,8 @@ class FitConfig(BaseModel):
     betas: tuple[float, float] = (0.9, 0.999)
     amp: bool | None = Field(
         None, description="bf16 autocast for the predictor's matrix products; None = where the hardware "
-                          "runs bf16 natively (CUDA, CPUs with AVX512-BF16 or AMX), fp32 elsewhere",
+                          "runs bf16 natively and fast (CUDA; CPUs with AVX512-BF16 or AMX where a short "
+                          "probe measures bf16 faster than fp32), fp32 elsewhere",
     )
     grad_clip: float = Field(1.0, ge=0.0, description="0 = no clipping")
     ema_decay: float = Field(
