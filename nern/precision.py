@@ -32,7 +32,7 @@ log = logging.getLogger(__name__)
 EMULATED_BF16_SLOWDOWN = "about 6x slower than fp32"
 
 # bf16 is chosen on a CPU where the probe measures it at least this much faster than fp32. Measured
-# (docs/results/session_2026-11-30i.md): 2.2-2.5x on a 2-core Zen 5, whose bench step is 0.13-0.17 s
+# (docs/results/session_2026-11-30i.md): 2.2-2.7x on a 2-core Zen 5, whose bench step is 0.13-0.17 s
 # in bf16 against 0.18 s in fp32; 0.05x with oneDNN capped to AVX2 (emulated bf16). The margin keeps
 # the choice from flipping between runs where the two are close.
 BF16_MIN_SPEEDUP = 1.25
