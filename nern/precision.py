@@ -83,10 +83,11 @@ def _measure(threads: int) -> tuple[float, float]:
         model = KernelPredictor(_PROBE_IN, _PROBE_HIDDEN, _PROBE_LAYERS, 3)
         x = torch.randn(_PROBE_ROWS, _PROBE_IN)
         best = {False: float("inf"), True: float("inf")}
-        for rep in range(_PROBE_REPEATS + 1):  # the first pass of each warms its kernels up
+        for rep in range(_PROBE_REPEATS + 1):
             for bf16 in (False, True):
                 seconds = _probe_pass(model, x, bf16)
-                best[bf16] = min(best[bf16], seconds) if rep else best[bf16]
+                if rep:  # the first pass of each only warms its kernels up
+                    best[bf16] = min(best[bf16], seconds)
     macs = _PROBE_ROWS * sum(m.weight.numel() for m in model.net if isinstance(m, torch.nn.Linear))
     return 6 * macs / best[False] / 1e9, 6 * macs / best[True] / 1e9  # forward 2, backward 4 FLOPs per MAC
 
