@@ -49,3 +49,34 @@ def test_without_data_only_weight_errors(resnet20_sd):
     got = evaluate_package(package, resnet20_sd)
     assert set(got) == {"relative_weight_error", "layer_errors"}
     assert len(got["layer_errors"]) == 19
+
+
+def test_cpu_eval_batch_keeps_the_largest_activation_within_the_budget(resnet20_sd):
+    """ResNet-20 on 32² images: largest activation 16×32×32 floats = 64 KiB per image → 64 images
+    in 4 MiB. Bigger activations hit the floor (8), tiny ones the ceiling (256); GPUs get 4096."""
+    from torch import nn
+
+    from nern.evaluate import CPU_EVAL_ACTIVATION_BYTES, eval_batch_size
+
+    assert CPU_EVAL_ACTIVATION_BYTES == 4 << 20
+    net = create_target("resnet20")
+    net.load_state_dict(resnet20_sd)
+    net.train()
+    before = net.bn1.running_mean.clone()
+    assert eval_batch_size("cpu", net, (3, 32, 32)) == 64
+    assert net.training and torch.equal(net.bn1.running_mean, before)  # mode and statistics untouched
+    wide = nn.Sequential(nn.Conv2d(3, 64, 3, padding=1), nn.ReLU())  # 64×64×64 floats = 1 MiB per image
+    assert eval_batch_size("cpu", wide, (3, 64, 64)) == 8  # 4 would fit; the floor is 8
+    assert eval_batch_size("cpu", nn.Sequential(nn.Flatten(), nn.Linear(12, 2)), (3, 2, 2)) == 256
+    assert eval_batch_size("cuda", net, (3, 32, 32)) == 4096
+    assert eval_batch_size("cpu") == 64
+
+
+def test_top1_does_not_depend_on_the_batch_size(resnet20_sd):
+    from nern.evaluate import top1
+
+    net = create_target("resnet20")
+    net.load_state_dict(resnet20_sd)
+    images, labels = load_labelled("cifar10-test", 32, 300)
+    by_hand, _ = _top1_by_hand(resnet20_sd, images, labels)
+    assert top1(net, None, images, labels) == top1(net, None, images, labels, batch_size=300) == by_hand
