@@ -46,7 +46,7 @@ def _largest_activation_bytes(model: nn.Module, image_shape: tuple[int, ...]) ->
     was_training = model.training
     hooks = [m.register_forward_hook(lambda _m, _i, out: sizes.append(out.numel() * out.element_size())
                                      if isinstance(out, torch.Tensor) else None)
-             for m in model.modules() if not any(True for _ in m.children())]
+             for m in model.modules() if next(m.children(), None) is None]
     try:
         param = next(model.parameters())
         model.eval()
