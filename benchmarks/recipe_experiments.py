@@ -45,6 +45,7 @@ from nern import (  # noqa: E402
     predict_weights,
     sha256_file,
 )
+from nern.conv_layout import as_activation  # noqa: E402
 from nern.data import load_labelled, normalize  # noqa: E402
 from nern.reconstruct import run_with_weights  # noqa: E402
 
@@ -123,7 +124,7 @@ def logit_kl(net: torch.nn.Module, weights: dict, images_u8: torch.Tensor, batch
     net.eval()
     total = 0.0
     for s in range(0, images_u8.shape[0], batch):
-        x = normalize(images_u8[s : s + batch])
+        x = as_activation(normalize(images_u8[s : s + batch]))
         lo = torch.log_softmax(net(x).float(), 1)
         lr = torch.log_softmax(run_with_weights(net, weights, x).float(), 1)
         total += float((lo.exp() * (lo - lr)).sum())

@@ -13,6 +13,10 @@ CPU layers on PyTorch's own Linear (MKL) instead of oneDNN (`nern.cpu_linear.ena
 
     python benchmarks/step_ab.py --base '{"amp": false}' --a '{"onednn_linear": false}' --b '{}'
 
+"channels_last": false to keep images and activations NCHW on the CPU (`nern.conv_layout`):
+
+    python benchmarks/step_ab.py --base '{"amp": false}' --a '{"channels_last": false}' --b '{}'
+
 and "compile": true to run the step's forward passes (`NernRun._predict`, `NernRun._distillation`)
 through `torch.compile` (inductor; their backward passes are compiled with them). Inductor cannot
 take the oneDNN products (its lowering wants their weights as graph constants), so a compiled side
@@ -41,6 +45,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from fit_resnet20 import BENCH  # noqa: E402
 
+import nern.conv_layout  # noqa: E402
 import nern.cpu_linear  # noqa: E402
 from nern import FitConfig, load_state_dict  # noqa: E402
 from nern.data import resolve_dataset  # noqa: E402
@@ -64,7 +69,12 @@ def main() -> int:
     compiled = {k: bool(side.pop("compile", False)) for k, side in sides.items()}
     if any(compiled[k] and onednn[k] for k in sides):
         ap.error('a side with "compile": true needs "onednn_linear": false (see --help)')
-    runs = {k: NernRun(sd, FitConfig(**{**base, **side}), source_sha256="ab") for k, side in sides.items()}
+    channels_last = {k: bool(side.pop("channels_last", True)) for k, side in sides.items()}
+    runs = {}
+    for k, side in sides.items():  # the layout is fixed when a run is built (its inputs and teacher cache)
+        nern.conv_layout.enabled = channels_last[k]
+        runs[k] = NernRun(sd, FitConfig(**{**base, **side}), source_sha256="ab")
+    nern.conv_layout.enabled = True
     for k, run in runs.items():
         if compiled[k]:
             run._predict, run._distillation = torch.compile(run._predict), torch.compile(run._distillation)

@@ -144,7 +144,10 @@ class InputSource:
     order, the cursor and the generator's state: a resumed run draws exactly the same batches.
     """
 
-    def __init__(self, spec: str, image_size: int, augment: bool, generator: torch.Generator):
+    def __init__(self, spec: str, image_size: int, augment: bool, generator: torch.Generator,
+                 memory_format: torch.memory_format = torch.contiguous_format):
+        """Batches come in `memory_format` (`nern.conv_layout.activation_format` of the device)."""
+        self.memory_format = memory_format
         self.noise = spec == "noise"
         self.image_size = image_size
         self.augment = augment
@@ -160,14 +163,14 @@ class InputSource:
     def next_batch(self, batch_size: int) -> torch.Tensor:
         if self.noise:
             shape = (batch_size, 3, self.image_size, self.image_size)
-            return torch.rand(shape, generator=self.gen, device=self.device) * 4 - 2
+            noise = torch.rand(shape, generator=self.gen, device=self.device) * 4 - 2
+            return noise.contiguous(memory_format=self.memory_format)
         return self.batch(self.take(batch_size))
 
     def batch(self, which: torch.Tensor) -> torch.Tensor:
         """The normalised (and, with augment, augmented) images of rows `which`."""
         x = self.images[which]
-        if self.augment:
-            x = self._crop_flip(x)
+        x = self._crop_flip(x) if self.augment else x.contiguous(memory_format=self.memory_format)
         return normalize(x)
 
     def take(self, n: int) -> torch.Tensor:
@@ -196,7 +199,7 @@ class InputSource:
         cols = torch.where(flip[:, None], cols.flip(1), cols)
         bi = torch.arange(b, device=dev)[:, None, None]
         out = padded.permute(0, 2, 3, 1)[bi, rows[:, :, None], cols[:, None, :]]
-        return out.permute(0, 3, 1, 2).contiguous()
+        return out.permute(0, 3, 1, 2).contiguous(memory_format=self.memory_format)  # NHWC: no copy
 
     def state_dict(self) -> dict:
         return {"order": self._order.cpu(), "cursor": self._cursor, "generator": self.gen.get_state()}

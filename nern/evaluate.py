@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 
+from .conv_layout import as_activation
 from .data import normalize
 from .reconstruct import run_with_weights
 
@@ -78,7 +79,7 @@ def evaluate_weights(
     batch_size = batch_size or eval_batch_size(device, model, tuple(images_u8.shape[1:]))
     correct_o = correct_r = agree = 0
     for s in range(0, n, batch_size):
-        x = normalize(images_u8[s : s + batch_size].to(device))
+        x = as_activation(normalize(images_u8[s : s + batch_size].to(device)))
         y = labels[s : s + batch_size].to(device)
         po = model(x).argmax(1)
         correct_o += int((po == y).sum())
@@ -117,7 +118,7 @@ def top1(model: nn.Module, weights: Mapping[str, torch.Tensor] | None, images_u8
     batch_size = batch_size or eval_batch_size(dev, model, tuple(images_u8.shape[1:]))
     correct = 0
     for s in range(0, images_u8.shape[0], batch_size):
-        x = normalize(images_u8[s : s + batch_size].to(dev))
+        x = as_activation(normalize(images_u8[s : s + batch_size].to(dev)))
         out = model(x) if weights is None else run_with_weights(model, weights, x)
         correct += int((out.argmax(1) == labels[s : s + batch_size].to(dev)).sum())
     return round(100.0 * correct / images_u8.shape[0], 2)

@@ -25,6 +25,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from .conv_layout import is_channels_last
 from .data import InputSource
 from .losses import FeatureMapRecorder
 
@@ -37,9 +38,12 @@ class TeacherCache:
     """Logits [N, classes] and each recorded feature map [N, ...] of the original network on
     N images, in the images' row order."""
 
-    def __init__(self, logits: torch.Tensor, maps: Sequence[torch.Tensor]):
+    def __init__(self, logits: torch.Tensor, maps: Sequence[torch.Tensor], nhwc: Sequence[bool] = ()):
+        """`nhwc[i]`: map i is stored [N, H, W, C] (made channels-last), and looked up as NCHW
+        views with channels-last strides, the format the student's maps come in."""
         self.logits = logits
         self.maps = list(maps)
+        self.nhwc = list(nhwc) or [False] * len(self.maps)
 
     @classmethod
     @torch.no_grad()
@@ -50,19 +54,23 @@ class TeacherCache:
         building needs the cache's memory once, not a list of batches and then their copy."""
         n = len(inputs)
         out: list[torch.Tensor] = []  # logits, then the maps in fmd_names' order
+        nhwc: list[bool] = []
         with FeatureMapRecorder(net, fmd_names) as rec:
             for start in range(0, n, batch):
                 which = torch.arange(start, min(start + batch, n), device=inputs.device)
                 got = [net(inputs.batch(which)), *(rec.maps if fmd_names else [])]
-                if not out:
-                    out = [t.new_empty((n, *t.shape[1:])) for t in got]
+                nhwc = nhwc or [is_channels_last(t) for t in got]
+                got = [t.permute(0, 2, 3, 1) if cl else t for t, cl in zip(got, nhwc)]
+                out = out or [t.new_empty((n, *t.shape[1:])) for t in got]
                 for dst, t in zip(out, got):
                     dst[start:start + len(which)] = t
-        return cls(out[0], out[1:])
+        return cls(out[0], out[1:], nhwc[1:])
 
     def lookup(self, which: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """The cached logits and feature maps of images `which` (a device index tensor)."""
-        return self.logits.index_select(0, which), [m.index_select(0, which) for m in self.maps]
+        maps = [m.index_select(0, which) for m in self.maps]
+        return self.logits.index_select(0, which), [m.permute(0, 3, 1, 2) if cl else m
+                                                     for m, cl in zip(maps, self.nhwc)]
 
     @property
     def nbytes(self) -> int:

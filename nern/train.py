@@ -31,6 +31,7 @@ import torch
 from .averaging import ParameterAverage
 from .callbacks import Checkpoints, Evaluations, History, Progress, ProgressReport, StopWhen, TimeBudget
 from .config import FitConfig, resumes_as
+from .conv_layout import activation_format
 from .data import InputSource, load_labelled
 from .errors import ConfigError
 from .evaluate import evaluate_package, evaluate_weights
@@ -128,7 +129,9 @@ class NernRun:
         self.distill = config.w_kd > 0 or config.w_fmd > 0
         # Inputs are drawn on the run's device; on the CPU from the same generator as ever.
         input_gen = self.gen if self.device.type == "cpu" else torch.Generator(self.device).manual_seed(config.seed)
-        self.inputs = InputSource(config.data, self.image_size, config.augment, input_gen) if self.distill else None
+        # Images (and so every activation) in the device's layout: NHWC on the CPU (nern.conv_layout).
+        self.inputs = InputSource(config.data, self.image_size, config.augment, input_gen,
+                                  activation_format(self.device)) if self.distill else None
         self.fmd_names = feature_map_modules(self.target.arch, self.target.module) if config.w_fmd > 0 else []
         # Distillation runs the network with its batch norms folded into the convolutions.
         self.train_net = FoldedNetwork.of(self.target.module).to(self.device) if self.distill else None

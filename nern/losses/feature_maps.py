@@ -2,7 +2,8 @@
 
 For each chosen map and sample, both networks' maps are L2-normalised as a whole
 (map / (‖map‖ + 1e-3)); the loss is the squared L2 distance, summed over maps, averaged over
-the batch (NERN.md §3).
+the batch (NERN.md §3). Both are sums over a sample's elements, so each map is flattened in the
+student's memory order: an NHWC map (`nern.conv_layout`) as a view, not a copy.
 """
 
 from __future__ import annotations
@@ -11,6 +12,8 @@ from collections.abc import Sequence
 
 import torch
 from torch import nn
+
+from ..conv_layout import is_channels_last
 
 NORM_EPS = 1e-3
 
@@ -49,9 +52,15 @@ def feature_map_loss(student_maps: Sequence[torch.Tensor], teacher_maps: Sequenc
         raise ValueError("student and teacher recorded different numbers of feature maps")
     total = student_maps[0].new_zeros(())
     for s, t in zip(student_maps, teacher_maps):
-        b = s.shape[0]
-        total = total + _NormalizedDistance.apply(s.reshape(b, -1), t.detach().reshape(b, -1)).mean()
+        total = total + _NormalizedDistance.apply(_per_sample(s, s), _per_sample(t.detach(), s)).mean()
     return total
+
+
+def _per_sample(m: torch.Tensor, student: torch.Tensor) -> torch.Tensor:
+    """m as rows [B, -1], its elements in the order `student` keeps them in memory."""
+    if is_channels_last(student):
+        return m.contiguous(memory_format=torch.channels_last).permute(0, 2, 3, 1).reshape(m.shape[0], -1)
+    return m.reshape(m.shape[0], -1)
 
 
 class FeatureMapRecorder:
