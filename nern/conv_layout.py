@@ -7,7 +7,7 @@ docs/results/session_2026-12-01d.md):
 - inference at the evaluation batch sizes: ResNet-20 and ResNet-56 on 64 CIFAR images 8-13 %
   faster, ResNet-18 on 8 images at 224² 11-14 % faster; scoring the 10,000 CIFAR-10 test images
   with the original and a reconstruction (a job's evaluation) 33-36 s → 29-30 s;
-- ResNet-20 forward and backward on 64 images (the distillation's student): 0.34 → 0.31 s;
+- ResNet-20 forward and backward on 64 images (the distillation's student): 0.34-0.35 → 0.31-0.33 s;
 - training steps (`benchmarks/step_ab.py`, interleaved): the bench ×0.95 (0.812 → 0.774 s), the
   defaults with the teacher cache ×0.97-0.98, once the feature-map loss flattens each map in its
   own memory order (`nern.losses.feature_maps`); with a copy of every map to NCHW, ×1.03.
