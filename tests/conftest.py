@@ -28,6 +28,20 @@ def resnet20_sd(resnet20_path):
     return load_state_dict(resnet20_path)
 
 
+@pytest.fixture(scope="session")
+def images_npz(tmp_path_factory):
+    """20 images of the shipped training sample, as an .npz (a teacher cache of ~21 MiB)."""
+    import numpy as np
+
+    from nern.assets import ASSETS
+
+    with np.load(ASSETS / "cifar10_sample_train.npz") as z:
+        images = z["images"][:20]
+    path = tmp_path_factory.mktemp("data") / "twenty.npz"
+    np.savez(path, images=images)
+    return str(path)
+
+
 @pytest.fixture()
 def cache_dir(tmp_path, monkeypatch) -> Path:
     """An empty permutation cache for the test."""

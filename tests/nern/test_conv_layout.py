@@ -6,12 +6,10 @@ NHWC path against the NCHW one (or a count by hand) on the same inputs.
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 import torch
 
 import nern.conv_layout
-from nern.assets import ASSETS
 from nern.config import FitConfig
 from nern.conv_layout import activation_format, as_activation, is_channels_last
 from nern.data import InputSource
@@ -26,15 +24,6 @@ TINY = dict(hidden=16, layers=3, emb_levels=4, batch_size=8, threads=1, permute=
 @pytest.fixture
 def nchw_everywhere(monkeypatch):
     monkeypatch.setattr(nern.conv_layout, "enabled", False)
-
-
-@pytest.fixture(scope="module")
-def images_npz(tmp_path_factory):
-    with np.load(ASSETS / "cifar10_sample_train.npz") as z:
-        images = z["images"][:20]
-    path = tmp_path_factory.mktemp("data") / "twenty.npz"
-    np.savez(path, images=images)
-    return str(path)
 
 
 def test_the_cpu_gets_nhwc_and_a_batch_is_converted_once():

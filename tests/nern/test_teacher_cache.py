@@ -9,28 +9,16 @@ from __future__ import annotations
 
 import logging
 
-import numpy as np
 import pytest
 import torch
 
 import nern.train
-from nern.assets import ASSETS
 from nern.config import FitConfig
 from nern.losses import FeatureMapRecorder
 from nern.train import NernRun, fit
 
 TINY = dict(hidden=16, layers=3, emb_levels=4, batch_size=8, threads=1, permute="none", lr=1e-2,
             lr_warmup_steps=2, w_kd=0.5, w_fmd=0.5, ema_decay=0.9, augment=False)
-
-
-@pytest.fixture(scope="module")
-def images_npz(tmp_path_factory):
-    """20 images of the shipped sample (a cache of ~21 MiB)."""
-    with np.load(ASSETS / "cifar10_sample_train.npz") as z:
-        images = z["images"][:20]
-    path = tmp_path_factory.mktemp("data") / "twenty.npz"
-    np.savez(path, images=images)
-    return str(path)
 
 
 def test_cached_outputs_are_the_original_networks_on_each_image(resnet20_sd, images_npz):
