@@ -11,10 +11,13 @@ docs/results/session_2026-12-01d.md):
 - training steps (`benchmarks/step_ab.py`, interleaved): the bench ×0.95 (0.812 → 0.774 s), the
   defaults with the teacher cache ×0.97-0.98, once the feature-map loss flattens each map in its
   own memory order (`nern.losses.feature_maps`); with a copy of every map to NCHW, ×1.03.
+On a 2-core Intel Xeon with AVX512-BF16 and AMX (2026-12-07, docs/results/session_2026-12-07.md)
+the gain is larger: bench step ×0.90 (bf16), defaults with the cache ×0.92, ×0.96 in fp32 with
+AVX2 kernels forced; scoring 10,000 test images ×0.83. So NHWC holds on every CPU measured.
 Same arithmetic in another summation order. A network's modules keep their parameters as they
 are: a convolution given an NHWC input returns NHWC, so the format follows the input through
-the network. CUDA keeps PyTorch's default layout (not measured there). Not measured on AVX-512
-CPUs either; step_ab's "channels_last": false compares the two there.
+the network. CUDA keeps PyTorch's default layout (not measured there); step_ab's
+"channels_last": false compares the two.
 
     x = as_activation(normalize(images_u8))        # NHWC on the CPU, unchanged on CUDA
 """
