@@ -113,7 +113,7 @@ def _five_steps_in_both_layouts(sd, data, monkeypatch, *, loss_rel: float, **con
 
 # The parameters are compared as a whole, not element by element: Adam moves a parameter whose
 # gradient is near zero by up to ±lr on that gradient's sign and size, so a summation order's
-# last bits can put single elements ~1e-4 apart (fp32 on an AMX Xeon, 2026-12-07: 11 of 825
+# last bits can put single elements several 1e-5 apart (fp32 on an AMX Xeon, 2026-12-07: 11 of 825
 # elements above 1e-6, at most 3.4e-5) while the predictors agree to 5e-5 of the distance trained.
 
 @pytest.mark.parametrize("augment", [False, True])
