@@ -13,7 +13,9 @@ docs/results/session_2026-12-01d.md):
   own memory order (`nern.losses.feature_maps`); with a copy of every map to NCHW, ×1.03.
 On a 2-core Intel Xeon with AVX512-BF16 and AMX (2026-12-07, docs/results/session_2026-12-07.md)
 the gain is larger: bench step ×0.90 (bf16), defaults with the cache ×0.92, ×0.96 in fp32 with
-AVX2 kernels forced; scoring 10,000 test images ×0.83. So NHWC holds on every CPU measured.
+AVX2 kernels forced; scoring 10,000 test images ×0.83. On a 2-core AMD Zen 4 (AVX512-BF16, no
+AMX; docs/results/session_2026-12-07b.md): bench ×0.91-0.92, cache ×0.94, AVX2 forced ×0.96-0.97,
+scoring ×0.88. So NHWC holds on every CPU measured.
 Same arithmetic in another summation order. A network's modules keep their parameters as they
 are: a convolution given an NHWC input returns NHWC, so the format follows the input through
 the network. CUDA keeps PyTorch's default layout (not measured there); step_ab's
