@@ -14,29 +14,33 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import sys
 import time
+from pathlib import Path
 
 import torch
 
-import nern.conv_layout
-from nern.checkpoint import load_state_dict
-from nern.data import load_labelled, resolve_dataset
-from nern.evaluate import evaluate_weights
-from nern.precision import describe_cpu
-from nern.targets import TargetNetwork
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-CHECKPOINTS = {"resnet20": "resnet20-12fca82f.th", "resnet56": "resnet56-4bfd9763.th"}
+from fit_resnet20 import PRESETS  # noqa: E402  (this folder is on sys.path when run as a script)
+
+import nern.conv_layout  # noqa: E402
+from nern.checkpoint import load_state_dict  # noqa: E402
+from nern.data import load_labelled, resolve_dataset  # noqa: E402
+from nern.evaluate import evaluate_weights  # noqa: E402
+from nern.precision import describe_cpu  # noqa: E402
+from nern.targets import TargetNetwork  # noqa: E402
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--checkpoint", choices=sorted(CHECKPOINTS), default="resnet20")
+    ap.add_argument("--checkpoint", choices=sorted(PRESETS), default="resnet20")
     ap.add_argument("--rounds", type=int, default=2)
-    ap.add_argument("--limit", type=int, default=None, help="score only the first N test images")
+    ap.add_argument("--limit", type=int, default=None, help="score a fixed random subset of N test images (nern.data.fixed_subset)")
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    sd = load_state_dict(resolve_dataset("cifar10").parent / CHECKPOINTS[args.checkpoint])
+    sd = load_state_dict(resolve_dataset("cifar10").parent / PRESETS[args.checkpoint][0])
     net = TargetNetwork.load(sd, None, None).module
     images, labels = load_labelled("cifar10-test", 32, args.limit)
     weights = {k: v * 0.9 for k, v in sd.items() if k.endswith("conv2.weight")}
