@@ -197,6 +197,7 @@ def main() -> int:
         "kl": logit_kl(net, weights, load_labelled(eval_data, 32)[0]),
         "original_top1": s.get("original_top1"),
         "rel_err": s["relative_weight_error"],
+        "precision": s["precision"],
         "median_step_s": round(statistics.median(step_times[5:] or step_times), 4),
         "step_gflop": round(step_gflop(cfg, resnet_gflop_per_image(sd), num_kernels), 2),
         "train_s": s["train_seconds"],
