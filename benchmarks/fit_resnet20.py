@@ -201,6 +201,7 @@ def result_line(run: NernRun, ckpt: str, original_top1: float, final: float, cur
         "precision": "bf16" if run.amp else "fp32",
         "cuda_graphs": run.cuda_graphs,
         "distill_late_scale": run.config.late_scale(),  # the factor used (the config may leave it to the library)
+        "distill_late_from": run.config.late_from(),
         "log_every": run.log_every,
         "cpu": describe_cpu(),
         "gpu": torch.cuda.get_device_name(run.device) if cuda else None,

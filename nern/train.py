@@ -222,7 +222,7 @@ class NernRun:
         if self.average is not None:
             self.average.advance()
         if self.late_scale is not None:
-            late = self.step >= int(cfg.distill_late_from * cfg.steps)
+            late = self.step >= int(cfg.late_from() * cfg.steps)
             self.late_scale.fill_(cfg.late_scale() if late else 1.0)
         idx = self._kernel_batch()
         distilling = self.distill and self.step >= cfg.distill_warmup_steps
@@ -368,6 +368,7 @@ def fit(
         "cuda_graphs": run.cuda_graphs,
         "teacher_cache": run.teacher_cache is not None,
         "distill_late_scale": run.config.late_scale(),
+        "distill_late_from": run.config.late_from(),
         "lr": run.config.peak_lr(),
         "resumed_from_step": run.resumed_from_step,
         "final_losses": run.history[-1] if run.history else {},

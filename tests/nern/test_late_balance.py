@@ -1,6 +1,7 @@
 """The late loss balance (`distill_late_scale`, `distill_late_from`): the distillation terms'
-weights rise by the factor from that fraction of the schedule on, in the eager step and in the
-step the CUDA-graph path runs (where the factor is a device tensor written before each step)."""
+weights rise by the factor from that fraction of the schedule on (where unset, three quarters
+below 10,000 steps and the half from there on), in the eager step and in the step the CUDA-graph
+path runs (where the factor is a device tensor written before each step)."""
 
 from __future__ import annotations
 
@@ -64,12 +65,24 @@ def test_left_unset_the_factor_follows_the_schedule_length():
     assert FitConfig(steps=600, distill_late_scale=3.0).late_scale() == 3.0
 
 
+def test_left_unset_the_start_follows_the_schedule_length():
+    from nern.config import LATE_FROM_LONG_FROM_STEPS
+
+    assert FitConfig().distill_late_from is None
+    assert FitConfig(steps=4_400).late_from() == 0.75  # three quarters below 10,000 steps
+    assert FitConfig(steps=LATE_FROM_LONG_FROM_STEPS - 1).late_from() == 0.75
+    assert FitConfig(steps=LATE_FROM_LONG_FROM_STEPS).late_from() == 0.5 == FitConfig(steps=20_000).late_from()
+    assert FitConfig(steps=4_400, distill_late_from=0.5).late_from() == 0.5  # an explicit value wins
+    assert FitConfig(steps=20_000, distill_late_from=0.75).late_from() == 0.75
+    assert FitConfig(steps=4_400).choices()["distill_late_from"] == 0.75
+
+
 @pytest.mark.parametrize("threshold,factor", [(8, 5.0), (9, 1.0)])
 def test_an_unset_factor_is_applied_by_the_step_from_the_threshold_on(resnet20_sd, monkeypatch, threshold, factor):
     monkeypatch.setattr(nern.config, "LATE_SCALE_FROM_STEPS", threshold)  # 8 steps: long from 8 on
     run = NernRun(resnet20_sd, FitConfig(steps=8, **TINY), None)
     for step, t in enumerate(_losses(run, 8)):
-        f = factor if step >= 4 else 1.0
+        f = factor if step >= 6 else 1.0  # unset, three quarters of 8 steps: from the seventh step on
         assert t["loss"] == pytest.approx(t["rec"] + f * (0.5 * t["kd"] + 0.25 * t["fmd"]), rel=1e-6), step
 
 
@@ -90,3 +103,20 @@ def test_left_unset_on_a_short_schedule_the_run_is_exactly_the_one_balance_run(r
     assert _losses(unset, 8) == _losses(one, 8)  # bit for bit: x·1.0 is x
     for name, p in one.model.predictor.state_dict().items():
         assert torch.equal(unset.model.predictor.state_dict()[name], p), name
+
+
+def test_a_state_saved_when_the_late_balance_always_started_at_the_half_resumes_only_where_it_still_does(
+        resnet20_sd):
+    """Before `distill_late_from` was a library choice its default was 0.5, stored in the state's
+    configuration and missing from its recorded choices. Left unset today it means 0.75 below
+    10,000 steps (another run: refused) and 0.5 from there on (the same run: resumed)."""
+    for steps, same in ((4_400, False), (10_000, True)):
+        unset = FitConfig(steps=steps, **TINY)
+        former = {**unset.model_dump(mode="json"), "distill_late_from": 0.5}
+        recorded = {"lr": unset.peak_lr(), "distill_late_scale": unset.late_scale()}
+        assert resumes_as(former, recorded, unset) is same, steps
+        assert resumes_as(former, None, unset) is same, steps
+        assert resumes_as(former, recorded, FitConfig(steps=steps, distill_late_from=0.5, **TINY))
+        assert resumes_as(unset.model_dump(mode="json"), unset.choices(), unset)  # saved today
+        explicit = FitConfig(steps=steps, distill_late_from=unset.late_from(), **TINY)
+        assert resumes_as(unset.model_dump(mode="json"), unset.choices(), explicit)

@@ -88,7 +88,8 @@ def test_a_saved_state_records_its_rate_and_a_changed_rule_refuses_it(resnet20_s
     run = NernRun(resnet20_sd, cfg, None)
     run.train_step()
     run.save_state(tmp_path / "state.pt")
-    assert torch.load(tmp_path / "state.pt", weights_only=True)["choices"] == {"lr": 4e-3, "distill_late_scale": 1.0}
+    assert torch.load(tmp_path / "state.pt", weights_only=True)["choices"] == {"lr": 4e-3, "distill_late_scale": 1.0,
+                                                                             "distill_late_from": 0.75}
     again = NernRun(resnet20_sd, cfg, None)
     again.load_state(tmp_path / "state.pt")
     assert again.step == 1
