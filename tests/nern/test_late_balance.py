@@ -105,8 +105,7 @@ def test_left_unset_on_a_short_schedule_the_run_is_exactly_the_one_balance_run(r
         assert torch.equal(unset.model.predictor.state_dict()[name], p), name
 
 
-def test_a_state_saved_when_the_late_balance_always_started_at_the_half_resumes_only_where_it_still_does(
-        resnet20_sd):
+def test_a_state_saved_when_the_late_balance_always_started_at_the_half_resumes_only_where_it_still_does():
     """Before `distill_late_from` was a library choice its default was 0.5, stored in the state's
     configuration and missing from its recorded choices. Left unset today it means 0.75 below
     10,000 steps (another run: refused) and 0.5 from there on (the same run: resumed)."""
