@@ -28,7 +28,8 @@ LATE_SCALE_FROM_STEPS = 3000
 # −9.4, −6.5, −9.2 %; 3,000 steps on the sample, seed 0: −8.1 %; weight error −4.3 to −4.7 %).
 # At 10,000 steps it was mixed: weight error −2.9 and −2.7 %, but held-out KL −7.6 % (seed 0) and
 # +14 % (seed 2), so the half, validated there and at 20,000, stays for long schedules. At 6,000
-# steps three quarters won on both in three seeds (KL −2.1 to −4.7 %, weight error −3.5 to −4.0 %).
+# steps three quarters won on both in three seeds (KL −2.1 to −4.7 %, weight error −3.5 to −4.0 %),
+# at 8,000 in one (−2.4 / −3.1 %).
 # All these pairs ran on ResNet-20 (docs/experiments.md, "The late balance from three quarters at
 # 10,000 steps" and "The late balance at 6,000 steps: three seeds").
 LATE_FROM_SHORT = 0.75
