@@ -16,8 +16,9 @@ the gain is larger: bench step ×0.90 (bf16), defaults with the cache ×0.92, ×
 AVX2 kernels forced; scoring 10,000 test images ×0.83. On a 2-core AMD Zen 4 (AVX512-BF16, no
 AMX; docs/results/session_2026-12-07b.md): bench ×0.91-0.92, cache ×0.94, AVX2 forced ×0.96-0.97,
 scoring ×0.88. On a 2-core AMD Zen 3 (AVX2 only, fp32; docs/results/session_2026-12-07c.md): bench
-×0.94-0.97, cache ×0.97-0.99, scoring ×0.76 (ResNet-20) and ×0.88 (ResNet-56). So NHWC holds on
-every CPU measured.
+×0.94-0.97, cache ×0.97-0.99, scoring ×0.76 (ResNet-20) and ×0.88 (ResNet-56). On a 2-core AMD
+Zen 5 (AVX512-BF16; docs/results/session_2026-12-08.md): bench ×0.90, cache ×0.95-0.97, AVX2
+forced ×0.95-0.96 and ×0.98-0.995, scoring ×0.85 and ×0.80. So NHWC holds on every CPU measured.
 Same arithmetic in another summation order. A network's modules keep their parameters as they
 are: a convolution given an NHWC input returns NHWC, so the format follows the input through
 the network. CUDA keeps PyTorch's default layout (not measured there); step_ab's
